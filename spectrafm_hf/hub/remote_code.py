@@ -1,0 +1,161 @@
+"""Checkpoints that load without the package: the three model files travel with the weights.
+
+``save_checkpoint(model, feature_extractor, out_dir, card=None)`` is the one way every stage (and
+``convert-original``) writes a checkpoint folder:
+
+    out_dir/
+        model.safetensors                 weights (never pickle)
+        config.json                       SpectraFMConfig + the full auto_map
+        preprocessor_config.json          SpectraFMFeatureExtractor + its auto_map
+        README.md                         the model card (when given)
+        configuration_spectrafm.py        ┐ self-contained copies of the package's model code, so
+        modeling_spectrafm.py             │ AutoModel / AutoFeatureExtractor.from_pretrained(...,
+        feature_extraction_spectrafm.py   ┘ trust_remote_code=True) work where spectrafm_hf is absent
+
+transformers' own ``register_for_auto_class`` records only the class that was saved; here the map lists
+every Auto class the package registers the model under (AutoConfig, AutoModel, the task class,
+AutoFeatureExtractor), discovered from the live registry so it cannot drift from ``registration.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import sys
+from pathlib import Path
+
+MODEL_CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
+
+#: auto_map keys every checkpoint needs; a task class key ("AutoModelFor...") is required in addition.
+REQUIRED_AUTO_MAP_KEYS = ("AutoConfig", "AutoModel", "AutoFeatureExtractor")
+
+#: Top-level modules the travelling files may import (besides the standard library and each other).
+ALLOWED_THIRD_PARTY = {"torch", "numpy", "transformers"}
+
+#: Auto model classes searched for the task class the package registered.
+_TASK_AUTO_CLASSES = (
+    "AutoModelForPreTraining", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+    "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM",
+)
+
+
+def package_code_dir() -> Path:
+    """Folder holding the package's copies of the model files (``spectrafm_hf/``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def check_self_contained(path: str | Path) -> None:
+    """Raise ``ValueError`` if a travelling model file imports anything but the standard library, torch,
+    numpy, transformers or (relatively) its siblings — such a file would break remote-code loading."""
+    path = Path(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    siblings = {name[:-3] for name in MODEL_CODE_FILES}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            target = (node.module or "").split(".")[0]
+            if node.level != 1 or target not in siblings:
+                raise ValueError(
+                    f"{path.name} line {node.lineno}: relative import of {'.' * node.level}{node.module or ''} "
+                    f"— remote code may import only its siblings ({', '.join(sorted(siblings))})"
+                )
+            continue
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) else [])
+        for name in names:
+            top = (name or "").split(".")[0]
+            if top in ALLOWED_THIRD_PARTY or top in sys.stdlib_module_names or top == "__future__":
+                continue
+            raise ValueError(
+                f"{path.name} line {node.lineno}: imports {name!r}, which is not available where the "
+                f"checkpoint is loaded with trust_remote_code; allowed: the standard library, "
+                f"{', '.join(sorted(ALLOWED_THIRD_PARTY))} and relative sibling imports"
+            )
+
+
+def copy_model_code(out_dir: str | Path) -> list[Path]:
+    """Copy the three model files into ``out_dir`` after checking they are self-contained."""
+    out_dir = Path(out_dir)
+    copied = []
+    for name in MODEL_CODE_FILES:
+        src = package_code_dir() / name
+        if not src.is_file():
+            raise FileNotFoundError(f"model code file {src} is missing from the package")
+        check_self_contained(src)
+        shutil.copyfile(src, out_dir / name)
+        copied.append(out_dir / name)
+    return copied
+
+
+def full_auto_map(model, feature_extractor) -> dict[str, str]:
+    """``auto_map`` naming every Auto class under which the package registered this model's config.
+
+    Looks the config class up in transformers' Auto registries (filled by ``spectrafm_hf.registration``)
+    and always maps AutoConfig and AutoFeatureExtractor to the saved objects' classes.
+    """
+    import transformers
+
+    config_class = type(model.config)
+    auto_map = {
+        "AutoConfig": f"configuration_spectrafm.{config_class.__name__}",
+    }
+    for auto_name in ("AutoModel", *_TASK_AUTO_CLASSES):
+        auto_cls = getattr(transformers, auto_name, None)
+        if auto_cls is None:
+            continue
+        try:
+            model_cls = auto_cls._model_mapping[config_class]
+        except KeyError:
+            continue
+        auto_map[auto_name] = f"modeling_spectrafm.{model_cls.__name__}"
+    if "AutoModel" not in auto_map:
+        raise ValueError(
+            f"{config_class.__name__} is not registered with transformers.AutoModel; import spectrafm_hf "
+            "(its registration module registers the Auto classes) before saving"
+        )
+    if not any(key.startswith("AutoModelFor") for key in auto_map):
+        raise ValueError(
+            f"no task Auto class (AutoModelFor...) is registered for {config_class.__name__}; "
+            "spectrafm_hf.registration must register the task class"
+        )
+    auto_map["AutoFeatureExtractor"] = f"feature_extraction_spectrafm.{type(feature_extractor).__name__}"
+    return auto_map
+
+
+def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) -> Path:
+    """Write a complete, self-contained checkpoint folder (layout in the module docstring).
+
+    Args:
+        model: a ``SpectraFMPreTrainedModel`` (any task class); saved in eval-ready safetensors.
+        feature_extractor: the ``SpectraFMFeatureExtractor`` with the statistics the model was trained with.
+        out_dir: target folder (created; existing files with the same names are replaced).
+        card: a ``huggingface_hub.ModelCard``, a ``cards.CardInfo`` (rendered here) or Markdown text;
+            None writes no README.md (``spectrafm publish`` then refuses the folder).
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    auto_map = full_auto_map(model, feature_extractor)
+    model.config.auto_map = dict(auto_map)
+    model.save_pretrained(out_dir)
+    feature_extractor.save_pretrained(out_dir)
+    # AutoFeatureExtractor reads the remote class from preprocessor_config.json's own auto_map (the
+    # config.json fallback is skipped because feature_extractor_type is set), so record it there too.
+    fe_path = out_dir / "preprocessor_config.json"
+    fe_config = json.loads(fe_path.read_text(encoding="utf-8"))
+    fe_config["auto_map"] = {"AutoFeatureExtractor": auto_map["AutoFeatureExtractor"]}
+    fe_path.write_text(json.dumps(fe_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    copy_model_code(out_dir)
+    if card is not None:
+        from huggingface_hub import ModelCard
+
+        from .cards import CardInfo, render_card
+
+        if isinstance(card, CardInfo):
+            card = render_card(card)
+        elif isinstance(card, str):
+            card = ModelCard(card)
+        card.save(out_dir / "README.md")
+    return out_dir

@@ -1,0 +1,187 @@
+"""``spectrafm publish``: folder validation, dry-run listing, exact HfApi calls, clear failures.
+
+The Hub is never contacted: ``HfApi`` is replaced by a recording fake at the module boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spectrafm_hf.hub import publish
+from spectrafm_hf.hub.remote_code import MODEL_CODE_FILES
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_spectrafm.SpectraFMConfig",
+    "AutoModel": "modeling_spectrafm.SpectraFMModel",
+    "AutoModelForPreTraining": "modeling_spectrafm.SpectraFMForPreTraining",
+    "AutoFeatureExtractor": "feature_extraction_spectrafm.SpectraFMFeatureExtractor",
+}
+
+
+def _make_folder(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "spectrafm", "auto_map": AUTO_MAP}))
+    (root / "preprocessor_config.json").write_text("{}")
+    (root / "README.md").write_text("---\nlicense: mit\n---\n# card\n")
+    (root / "model.safetensors").write_bytes(b"\0" * 2048)
+    for name in MODEL_CODE_FILES:
+        (root / name).write_text("import torch\n")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "junk").write_text("never uploaded")
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _args(stage_dir, **kw):
+    base = dict(stage_dir=str(stage_dir), repo_id="org/spectrafm", revision=None, private=False,
+                dry_run=False, commit_message=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+class FakeApi:
+    """Records every call; ``fail_on`` makes that method raise like a rejected request."""
+
+    instances: list["FakeApi"] = []
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.fail_on = fail_on
+        FakeApi.instances.append(self)
+
+    def _record(self, name, args, kwargs):
+        self.calls.append((name, args, kwargs))
+        if name == self.fail_on:
+            raise RuntimeError("403 Forbidden: you do not have write access to org/spectrafm")
+
+    def create_repo(self, *a, **k):
+        self._record("create_repo", a, k)
+
+    def create_branch(self, *a, **k):
+        self._record("create_branch", a, k)
+
+    def upload_folder(self, *a, **k):
+        self._record("upload_folder", a, k)
+        return argparse.Namespace(commit_url="https://huggingface.co/org/spectrafm/commit/abc")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    FakeApi.instances.clear()
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_fake")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    return FakeApi
+
+
+def test_upload_makes_exactly_these_calls(tmp_path, fake_hub, capsys):
+    folder = _make_folder(tmp_path / "stage3")
+    before = _snapshot(folder)
+    assert publish.run_publish(_args(folder, revision="stage3", private=True, commit_message="stage 3")) == 0
+    (api,) = fake_hub.instances
+    expected_files = sorted(["README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+                             *MODEL_CODE_FILES])
+    assert api.calls == [
+        ("create_repo", ("org/spectrafm",), {"private": True, "exist_ok": True, "repo_type": "model"}),
+        ("create_branch", ("org/spectrafm",), {"branch": "stage3", "exist_ok": True, "repo_type": "model"}),
+        ("upload_folder", (), {"repo_id": "org/spectrafm", "folder_path": str(folder), "repo_type": "model",
+                               "revision": "stage3", "commit_message": "stage 3",
+                               "allow_patterns": expected_files}),
+    ]
+    assert "uploaded 7 files to org/spectrafm (branch stage3)" in capsys.readouterr().out
+    assert _snapshot(folder) == before
+
+
+def test_no_revision_means_no_branch_and_a_default_message(tmp_path, fake_hub):
+    folder = _make_folder(tmp_path / "stage1")
+    assert publish.run_publish(_args(folder)) == 0
+    names = [c[0] for c in fake_hub.instances[0].calls]
+    assert names == ["create_repo", "upload_folder"]
+    upload_kwargs = fake_hub.instances[0].calls[1][2]
+    assert upload_kwargs["revision"] is None and "stage1" in upload_kwargs["commit_message"]
+
+
+def test_dry_run_lists_files_with_sizes_and_never_touches_the_hub(tmp_path, monkeypatch, capsys):
+    def explode(*a, **k):
+        raise AssertionError("dry run must not build an HfApi")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", explode)
+    folder = _make_folder(tmp_path / "stage2")
+    before = _snapshot(folder)
+    assert publish.run_publish(_args(folder, dry_run=True)) == 0
+    out = capsys.readouterr().out
+    assert "would upload" in out and "org/spectrafm" in out
+    assert any(line.startswith("model.safetensors") and "2048 B" in line and "(2.0 KiB)" in line
+               for line in out.splitlines())
+    assert ".cache" not in out and "junk" not in out
+    assert "7 files" in out
+    assert _snapshot(folder) == before
+
+
+@pytest.mark.parametrize("fail_on", ["create_repo", "create_branch", "upload_folder"])
+def test_rejected_operation_gives_error_and_nonzero_exit(tmp_path, fake_hub, monkeypatch, capsys, fail_on):
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda: FakeApi(fail_on=fail_on))
+    folder = _make_folder(tmp_path / "s")
+    before = _snapshot(folder)
+    assert publish.run_publish(_args(folder, revision="b")) == 1
+    err = capsys.readouterr().err
+    assert "upload to org/spectrafm (branch b) failed" in err and "403 Forbidden" in err
+    assert _snapshot(folder) == before
+
+
+def test_no_token_and_offline_fail_clearly_before_any_call(tmp_path, fake_hub, monkeypatch, capsys):
+    folder = _make_folder(tmp_path / "s")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert publish.run_publish(_args(folder)) == 1
+    assert "no Hugging Face token" in capsys.readouterr().err
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert publish.run_publish(_args(folder)) == 1
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+    assert fake_hub.instances == []
+
+
+def test_incomplete_folder_is_refused_naming_every_missing_piece(tmp_path, fake_hub):
+    folder = _make_folder(tmp_path / "s")
+    (folder / "model.safetensors").unlink()
+    (folder / "modeling_spectrafm.py").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    del config["auto_map"]["AutoFeatureExtractor"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as err:
+        publish.run_publish(_args(folder))
+    message = str(err.value)
+    assert "missing modeling_spectrafm.py" in message and "missing weights" in message
+    assert "auto_map lacks AutoFeatureExtractor" in message
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        publish.run_publish(_args(tmp_path / "nowhere"))
+    assert fake_hub.instances == []
+
+
+def test_bad_repo_id(tmp_path, fake_hub):
+    folder = _make_folder(tmp_path / "s")
+    with pytest.raises(ValueError, match="ORG/NAME"):
+        publish.publish_folder(folder, "just-a-name", api=FakeApi())
+
+
+def test_cli_dry_run_exit_code_and_missing_folder(tmp_path):
+    """The real CLI entry point: dry run exits 0; a bad folder exits 2 with a one-line error."""
+    folder = _make_folder(tmp_path / "s")
+    root = Path(__file__).resolve().parents[1]
+    ok = subprocess.run([sys.executable, "-m", "spectrafm_hf.cli", "publish", str(folder), "--repo-id",
+                         "org/x", "--dry-run"], cwd=root, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "model.safetensors" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "spectrafm_hf.cli", "publish", str(tmp_path / "nope"),
+                          "--repo-id", "org/x", "--dry-run"], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
