@@ -101,8 +101,14 @@ BatchDict = Mapping[str, np.ndarray]
 _PENDING_SOURCES: dict[str, Callable[[], Iterable[BatchDict]]] = {}
 
 
+# Rows yielded per pending source: an empty split makes ``from_generator`` raise, and the writer
+# needs to know that the generator ran and was empty (not broken) to write a 0-row split instead.
+_ROWS_YIELDED: dict[str, int] = {}
+
+
 def _rows_from_batches(source_key: str, n_pixels: int, extra_scalars: tuple[str, ...]) -> Iterator[dict]:
     """Turn dict-of-arrays batches (leading axis = star) into schema rows, checking shapes."""
+    _ROWS_YIELDED[source_key] = 0
     for batch in _PENDING_SOURCES[source_key]():
         flux = np.asarray(batch["flux"], dtype=np.float32)
         if flux.ndim != 2 or flux.shape[1] != n_pixels:
@@ -119,6 +125,7 @@ def _rows_from_batches(source_key: str, n_pixels: int, extra_scalars: tuple[str,
             row = {"id": str(ids[i]), "flux": flux[i], "flux_err": flux_err[i], "mask": mask[i]}
             for name, column in scalars.items():
                 row[name] = column[i]
+            _ROWS_YIELDED[source_key] += 1
             yield row
 
 
@@ -172,8 +179,18 @@ def write_dataset(
                     writer_batch_size=256,
                     split=name,
                 )
+            except ValueError:
+                if _ROWS_YIELDED.get(key) != 0:
+                    raise
+                # The source ran and yielded nothing (e.g. every file of a small split was bad):
+                # keep the split, with 0 rows, so every dataset has the same split names.
+                splits[name] = Dataset.from_dict(
+                    {column: [] for column in features}, features=features,
+                    info=DatasetInfo(description=description), split=name,
+                )
             finally:
                 _PENDING_SOURCES.pop(key, None)
+                _ROWS_YIELDED.pop(key, None)
         DatasetDict(splits).save_to_disk(str(staging / "final"))
         del splits
         if out_dir.exists():
@@ -182,6 +199,39 @@ def write_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_from_disk(str(out_dir))
+
+
+def dataset_in_memory(
+    split_batches: Mapping[str, Callable[[], Iterable[BatchDict]]],
+    wavelength: np.ndarray,
+    metadata: Mapping | None = None,
+    extra_scalars: Iterable[str] = (),
+):
+    """Like :func:`write_dataset` but kept in memory (no folder): for small inputs such as one table.
+
+    Rows go through the same checks and the same features as :func:`write_dataset`; memory grows
+    with the number of spectra, so large sources should use :func:`write_dataset`.
+    """
+    from datasets import Dataset, DatasetDict, DatasetInfo
+
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    if wavelength.ndim != 1:
+        raise ValueError(f"wavelength must be 1-D (P,), got shape {wavelength.shape}")
+    extra_scalars = tuple(extra_scalars)
+    features = spectra_features(len(wavelength), extra_scalars)
+    info = DatasetInfo(description=_encode_metadata(wavelength, metadata))
+    splits = {}
+    for name, make_batches in split_batches.items():
+        key = f"in-memory-{id(make_batches)}/{name}"
+        _PENDING_SOURCES[key] = make_batches
+        try:
+            rows = list(_rows_from_batches(key, len(wavelength), extra_scalars))
+        finally:
+            _PENDING_SOURCES.pop(key, None)
+            _ROWS_YIELDED.pop(key, None)
+        columns = {column: [row[column] for row in rows] for column in features}
+        splits[name] = Dataset.from_dict(columns, features=features, info=info, split=name)
+    return DatasetDict(splits)
 
 
 def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
