@@ -186,12 +186,16 @@ def write_dataset(
                 # keep the split, with 0 rows, so every dataset has the same split names.
                 splits[name] = Dataset.from_dict(
                     {column: [] for column in features}, features=features,
-                    info=DatasetInfo(description=description), split=name,
+                    info=DatasetInfo(description=description, features=features), split=name,
                 )
             finally:
                 _PENDING_SOURCES.pop(key, None)
                 _ROWS_YIELDED.pop(key, None)
-        DatasetDict(splits).save_to_disk(str(staging / "final"))
+        # An empty split would otherwise be saved with 0 shards, which load_from_disk cannot read back.
+        empty_shards = {name: 1 for name, split in splits.items() if len(split) == 0}
+        DatasetDict(splits).save_to_disk(
+            str(staging / "final"), num_shards=empty_shards or None
+        )
         del splits
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -219,7 +223,7 @@ def dataset_in_memory(
         raise ValueError(f"wavelength must be 1-D (P,), got shape {wavelength.shape}")
     extra_scalars = tuple(extra_scalars)
     features = spectra_features(len(wavelength), extra_scalars)
-    info = DatasetInfo(description=_encode_metadata(wavelength, metadata))
+    info = DatasetInfo(description=_encode_metadata(wavelength, metadata), features=features)
     splits = {}
     for name, make_batches in split_batches.items():
         key = f"in-memory-{id(make_batches)}/{name}"
