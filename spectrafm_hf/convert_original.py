@@ -335,8 +335,29 @@ def pixel_statistics(ckpt: OriginalCheckpoint) -> tuple[np.ndarray, np.ndarray, 
 
 
 def build_feature_extractor(ckpt: OriginalCheckpoint, config):
-    """The ``SpectraFMFeatureExtractor`` with the original's per-pixel and label statistics."""
-    raise NotImplementedError  # filled in once the feature extractor's per-pixel option exists
+    """The ``SpectraFMFeatureExtractor`` with the original's per-pixel and label statistics.
+
+    Every vocabulary pixel is standardised with its own (median, std) looked up by wavelength. The
+    global ``flux_median``/``flux_std`` (used by the extractor only for pixels absent from the table,
+    which the original could not read at all) are the medians of the per-pixel values, so such pixels
+    are at least on the same scale; ``trained_wavelength_range`` makes the extractor warn about them.
+    """
+    from .feature_extraction_spectrafm import SpectraFMFeatureExtractor
+
+    wavelength, median, std = pixel_statistics(ckpt)
+    positive = std[std > 0]
+    if positive.size == 0:
+        raise ValueError("norm_config._input_std is 0 for every pixel token: no flux scale to standardise with")
+    return SpectraFMFeatureExtractor(
+        named_tokens=list(config.named_tokens),
+        named_token_statistics={k: list(v) for k, v in config.named_token_statistics.items()},
+        flux_median=float(np.median(median)),
+        flux_std=float(np.median(positive)),
+        pixel_statistics={"wavelength": wavelength.tolist(), "median": median.tolist(), "std": std.tolist()},
+        trained_wavelength_range=[float(wavelength[0]), float(wavelength[-1])],
+        context_length=config.context_length,
+        outlier_threshold=10.0,
+    )
 
 
 def run_convert_original(args) -> int:

@@ -1,6 +1,8 @@
-"""Test helpers: a checkpoint folder in the ORIGINAL SpectraFM format, and an independent forward pass.
+"""``spectrafm convert-original``: an original-format checkpoint converts and reproduces the original
+forward pass; bad inputs are refused clearly.
 
-Both are written from the format and semantics documented in ``../shared/docs/official-checkpoint.md``
+The first half of this file builds a checkpoint folder in the ORIGINAL format and an independent forward
+pass. Both are written from the format and semantics documented in ``../shared/docs/official-checkpoint.md``
 (and ``paper.md``), with plain torch (``nn.MultiheadAttention`` etc.), and share no code with
 ``spectrafm_hf``, so that agreement between the converted model and ``reference_forward`` is evidence.
 The only thing imported from the package is the APOGEE wavelength grid, which is a fact of the format
@@ -189,3 +191,197 @@ def reference_forward(folder: Path, pixel_indices: np.ndarray, flux: np.ndarray,
     # 6. physical units
     m_label, s_label = mean[label_token], std[label_token]
     return float(mean_std * s_label + m_label), float(torch.sqrt(torch.exp(logvar)) * s_label)
+
+
+# ---- tests -----------------------------------------------------------------------------------------
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from spectrafm_hf.convert_original import OriginalCheckpoint, build_model, run_convert_original  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    return build_original_folder(tmp_path_factory.mktemp("orig") / "stage1", seed=3)
+
+
+@pytest.fixture(scope="module")
+def converted(original, tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "converted"
+    assert run_convert_original(argparse.Namespace(src_dir=str(original), out_dir=str(out), overwrite=False)) == 0
+    return out
+
+
+def _stars(original, n=4, n_pixels=48, seed=0):
+    """n stars, each a random set of grid pixels with flux around the per-pixel median (z ~ N(0, 3)),
+    including a NaN pixel, a |z| > 10 outlier and a std-0 pixel (index 0..2) in every star."""
+    cfg = json.loads((original / "config.json").read_text())
+    mean, std = np.asarray(cfg["norm_config"]["_input_mean"]), np.asarray(cfg["norm_config"]["_input_std"])
+    rng = np.random.default_rng(seed)
+    stars = []
+    for _ in range(n):
+        idx = np.sort(np.concatenate([[1], rng.choice(np.arange(3, N_PIXELS), n_pixels - 1, replace=False)]))
+        flux = mean[idx + 1] + std[idx + 1] * 3 * rng.standard_normal(idx.size)
+        flux[idx == 1] = 0.3  # std 0 in the table → taken as it is (z = 0.3)
+        flux[5] = np.nan
+        flux[9] = mean[idx[9] + 1] + 25 * std[idx[9] + 1]  # an outlier: missing
+        stars.append((idx, flux))
+    return stars
+
+
+def _converted_predict(model, fe, idx, flux, label):
+    batch = fe(apogee_wavelength()[idx], flux[None], request=[label])
+    with torch.no_grad():
+        out = model(**batch)
+    value, sigma = fe.to_physical([label], out.mean, out.log_variance)
+    return float(value[0, 0]), float(sigma[0, 0])
+
+
+def test_converted_model_reproduces_the_original_forward(original, converted):
+    """AutoModel + AutoFeatureExtractor on the converted folder = the independent reference (1e-5 rel)."""
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    model = AutoModel.from_pretrained(converted).eval()
+    fe = AutoFeatureExtractor.from_pretrained(converted)
+    assert model.config.add_bias_kv and model.config.wavelength_encoding == "linear"
+    assert (model.config.wavelength_min, model.config.wavelength_max) == (15000.0, 17000.0)
+    refs = []
+    for idx, flux in _stars(original):
+        for label in ("FE_H", "TEFF"):
+            ref = reference_forward(original, idx, flux, label)
+            got = _converted_predict(model, fe, idx, flux, label)
+            np.testing.assert_allclose(got, ref, rtol=RTOL, err_msg=f"label {label}")
+            refs.append(ref)
+    # The comparison can fail: predictions differ between stars by far more than the tolerance.
+    fe_h = np.array(refs[0::2])[:, 0]
+    assert np.ptp(fe_h) > 20 * RTOL * np.abs(fe_h).max()
+
+
+def test_a_wrong_semantic_is_detected(original):
+    """Control: zeroing the learned bias key/value (dropping add_bias_kv's effect) breaks agreement,
+    so the tolerance is tight enough to see a semantic mistake."""
+    ckpt = OriginalCheckpoint(original)
+    fe_model = build_model(ckpt)
+    from spectrafm_hf.convert_original import build_feature_extractor
+
+    fe = build_feature_extractor(ckpt, fe_model.config)
+    idx, flux = _stars(original, n=1)[0]
+    ref = reference_forward(original, idx, flux, "FE_H")
+    np.testing.assert_allclose(_converted_predict(fe_model, fe, idx, flux, "FE_H"), ref, rtol=RTOL)
+    with torch.no_grad():
+        for block in (*fe_model.encoder, *fe_model.decoder):
+            block.attention.bias_v.zero_()
+    broken = _converted_predict(fe_model, fe, idx, flux, "FE_H")
+    assert abs(broken[0] - ref[0]) > 10 * RTOL * abs(ref[0])
+
+
+def test_converted_folder_is_a_complete_checkpoint_with_card(converted):
+    from huggingface_hub import ModelCard
+
+    from spectrafm_hf.hub.publish import validate_checkpoint_folder
+
+    names = {name for name, _ in validate_checkpoint_folder(converted)}
+    assert {"model.safetensors", "README.md", "modeling_spectrafm.py"} <= names
+    card = ModelCard.load(converted / "README.md")
+    assert "converted-original" in card.data.tags and "model-index" not in str(card)
+    assert "15000–17000 Å" in card.text
+    fe_config = json.loads((converted / "preprocessor_config.json").read_text())
+    assert len(fe_config["pixel_statistics"]["wavelength"]) == N_PIXELS
+    config = json.loads((converted / "config.json").read_text())
+    assert config["named_tokens"] == LABELS
+    assert config["named_token_statistics"]["TEFF"] == [4702.5, 544.0]
+
+
+def test_predict_cli_on_converted_folder(original, converted, tmp_path):
+    """``spectrafm predict`` reads the converted folder and writes the reference values."""
+    idx = np.arange(4107, 4619)
+    cfg = json.loads((original / "config.json").read_text())
+    mean, std = np.asarray(cfg["norm_config"]["_input_mean"]), np.asarray(cfg["norm_config"]["_input_std"])
+    rng = np.random.default_rng(7)
+    flux = mean[idx + 1] + std[idx + 1] * rng.standard_normal((2, idx.size))
+    np.savez(tmp_path / "spectra.npz", wavelength=apogee_wavelength()[idx], flux=flux)
+    out_csv = tmp_path / "out.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "spectrafm_hf.cli", "predict", "--model", str(converted), "--input",
+         str(tmp_path / "spectra.npz"), "--request", "FE_H", "--output", str(out_csv)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    import csv
+
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["index"] for r in rows] == ["0", "1"]
+    for i, row in enumerate(rows):
+        ref = reference_forward(original, idx, flux[i], "FE_H")
+        np.testing.assert_allclose([float(row["FE_H"]), float(row["FE_H_err"])], ref, rtol=1e-4)
+
+
+def test_refuses_to_overwrite_without_flag(original, converted):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_convert_original(argparse.Namespace(src_dir=str(original), out_dir=str(converted), overwrite=False))
+
+
+def _copy(original, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(original, dst)
+    return dst
+
+
+def test_pickled_objects_are_refused(original, tmp_path):
+    src = _copy(original, tmp_path)
+    state = torch.load(src / "weights.pt", weights_only=True)
+    state["scheduler"] = argparse.Namespace(lr=1e-4)  # an arbitrary object: needs full unpickling
+    torch.save(state, src / "weights.pt")
+    with pytest.raises(ValueError, match="weights_only=True.*Refusing to unpickle"):
+        OriginalCheckpoint(src)
+
+
+def test_inconsistent_files_are_named(original, tmp_path):
+    src = _copy(original, tmp_path)
+    ckpt = torch.load(src / "weights.pt", weights_only=True)
+    del ckpt["model_state_dict"]["torch_encoder.encoder_transformer_block_2.attention.bias_k"]
+    ckpt["model_state_dict"]["torch_decoder.decoder_dense_3.weight"] = torch.zeros(5, 5)
+    torch.save(ckpt, src / "weights.pt")
+    with pytest.raises(ValueError) as err:
+        OriginalCheckpoint(src)
+    msg = str(err.value)
+    assert "weights.pt" in msg and "encoder_transformer_block_2.attention.bias_k" in msg
+    assert "decoder_dense_3.weight (5, 5) (expected (32, 16))" in msg
+
+    src2 = build_original_folder(tmp_path / "v", seed=1)
+    cfg = json.loads((src2 / "config.json").read_text())
+    cfg["tokenizer_config"]["vocabs"].append("NEW_LABEL")
+    cfg["tokenizer_config"]["vocab_tokens"].append(len(cfg["tokenizer_config"]["vocab_tokens"]) + 1)
+    (src2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"norm_config._input_mean has length 7520, expected V \+ 1 = 7521"):
+        OriginalCheckpoint(src2)
+    for key in ("_input_mean", "_input_std", "_input_standardized"):
+        cfg["norm_config"][key].append(1.0)
+    (src2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="embedding_layer.embeddings has 7520 rows.*V = 7520"):
+        OriginalCheckpoint(src2)
+
+
+def test_per_pixel_embedding_rows_are_refused(original, tmp_path):
+    src = _copy(original, tmp_path)
+    with np.load(src / "embed_map.npz") as data:
+        keys, values = data["keys"], data["values"].copy()
+    values[10] = 10  # one pixel token with its own row
+    np.savez(src / "embed_map.npz", keys=keys, values=values)
+    with pytest.raises(ValueError, match="embed_map.npz: pixel tokens map to 2 different embedding rows"):
+        OriginalCheckpoint(src)
+
+
+def test_missing_file_is_named(original, tmp_path):
+    src = _copy(original, tmp_path)
+    (src / "embed_map.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="embed_map.npz is missing"):
+        OriginalCheckpoint(src)
