@@ -9,7 +9,12 @@ __version__ = "0.1.0"
 
 from .configuration_spectrafm import SpectraFMConfig  # noqa: E402
 from .feature_extraction_spectrafm import SpectraFMFeatureExtractor, SpectraFMTokenizer  # noqa: E402
-from .modeling_spectrafm import SpectraFMModel, SpectraFMPreTrainedModel  # noqa: E402
+from .modeling_spectrafm import (  # noqa: E402
+    SpectraFMForLabelPrediction,
+    SpectraFMModel,
+    SpectraFMOutput,
+    SpectraFMPreTrainedModel,
+)
 from . import registration as _registration  # noqa: E402,F401  (side effect: Auto class registration)
 
 __all__ = [
@@ -18,4 +23,6 @@ __all__ = [
     "SpectraFMTokenizer",
     "SpectraFMModel",
     "SpectraFMPreTrainedModel",
+    "SpectraFMForLabelPrediction",
+    "SpectraFMOutput",
 ]
