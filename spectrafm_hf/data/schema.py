@@ -151,6 +151,7 @@ def write_dataset(
         overwrite: replace an existing ``out_dir``; otherwise an existing folder is an error.
     """
     from datasets import Dataset, DatasetDict, DatasetInfo, load_from_disk
+    from datasets.exceptions import DatasetGenerationError
 
     out_dir = Path(out_dir)
     wavelength = np.asarray(wavelength, dtype=np.float64)
@@ -179,6 +180,10 @@ def write_dataset(
                     writer_batch_size=256,
                     split=name,
                 )
+            except DatasetGenerationError as err:
+                # datasets wraps whatever the batch source raised; re-raise the original so callers
+                # see the source's own ValueError (naming the file / the bad shape), not a wrapper.
+                raise (err.__cause__ or err)
             except ValueError:
                 if _ROWS_YIELDED.get(key) != 0:
                     raise
