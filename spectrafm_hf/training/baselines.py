@@ -90,6 +90,7 @@ class ScratchMLP(nn.Module):
             width = size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, 2)
+        self.widths = [n_pixels, *hidden, 2]  # for reports
 
     def forward(self, flux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(self.body(flux))

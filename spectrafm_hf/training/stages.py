@@ -1,0 +1,441 @@
+"""The three SpectraFM stages (and the scratch transformer baseline) as data + one function, ``run_stage``.
+
+=========  ==========================  =====================  ==========  ===============================
+stage      data                        pixels                 labels      trainable / selection
+=========  ==========================  =====================  ==========  ===============================
+stage1     synthetic spectra           all 7514               all five    everything / synthetic val NLL
+stage2     observed spectra            0–3756 (FIRST_HALF)    all five    everything / observed val NLL
+stage3     100 observed, [Fe/H] > −1   4107–4618 (FE_WINDOW)  FE_H        embedding + encoder block 1
+                                                                          (decoder + encoder block 2
+                                                                          frozen) / iron-rich val RMSE
+scratch    the same 100 stars          4107–4618              FE_H        everything, random init / same
+=========  ==========================  =====================  ==========  ===============================
+
+Every training star gets its own random context (a random subset of its valid pixels of size
+``context_length``) and, with ``request="random"``, one random label among those it has, at every step
+(the feature extractor draws both, seeded by ``seed, step, rank`` so resumed and multi-process runs draw
+the same batches as an uninterrupted single run would).
+
+Model selection never looks at the iron-poor regime: stage 3 and the baselines are selected on the
+RMSE of iron-rich validation stars. Optional *rehearsal*: each stage-3 batch also carries
+``rehearsal`` synthetic stars (all metallicities, same window, FE_H) so the fine-tune cannot drift
+away from what pre-training learnt (see ``../shared/docs/paper.md``, prototype notes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..data import grid
+from ..data.schema import LABELS
+from .baselines import WindowData
+from .loop import LoopConfig, LoopResult, train
+
+#: pixel windows by name (Python slices of the 7514-pixel grid)
+WINDOWS: dict[str, slice] = {
+    "all": slice(0, grid.APOGEE_NPIX),
+    "first_half": grid.FIRST_HALF,
+    "fe_window": grid.FE_WINDOW,
+}
+
+COMPLETE_MARKER = "stage_complete.json"
+
+
+@dataclass
+class StageSpec:
+    """One stage's recipe.
+
+    Attributes:
+        name: "stage1", "stage2", "stage3", "stage3_from_stage1", "scratch_transformer", ...
+        window: key of :data:`WINDOWS` (the pixels the stage sees).
+        request: "random" (one random available label per star and step) or a list of labels.
+        batch_size: stars per optimiser step per process.
+        context_length: pixels per star per step (random subset of its valid pixels).
+        loop: optimiser / schedule / checkpointing (:class:`LoopConfig`).
+        freeze_decoder: freeze decoder blocks and the output head (paper stage 3).
+        freeze_encoder_blocks: 0-based encoder blocks to freeze (paper stage 3: ``[1]``, the second).
+        select_on: "val_loss" (NLL on validation batches) or "val_rmse_<LABEL>" (RMSE with all
+            window pixels, on the validation stars given; for stage 3 only iron-rich ones).
+        rehearsal: synthetic stars added to every batch (0 = off).
+        eval_batch_size: stars per forward pass in evaluation.
+    """
+
+    name: str
+    window: str
+    request: str | list[str]
+    batch_size: int
+    context_length: int
+    loop: LoopConfig
+    freeze_decoder: bool = False
+    freeze_encoder_blocks: list[int] = field(default_factory=list)
+    select_on: str = "val_loss"
+    rehearsal: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.window not in WINDOWS:
+            raise ValueError(f"unknown window {self.window!r}; choose one of {sorted(WINDOWS)}")
+        if isinstance(self.request, str) and self.request != "random":
+            raise ValueError(f"request must be 'random' or a list of labels, got {self.request!r}")
+        if not isinstance(self.request, str):
+            unknown = [r for r in self.request if r not in LABELS]
+            if unknown:
+                raise ValueError(f"unknown label(s) {unknown} in request; labels are {LABELS}")
+        if not (self.select_on == "val_loss" or self.select_on.startswith("val_rmse_")):
+            raise ValueError(f"select_on must be 'val_loss' or 'val_rmse_<LABEL>', got {self.select_on!r}")
+        if self.batch_size < 1 or self.context_length < 1:
+            raise ValueError(f"batch_size and context_length must be ≥ 1, got {self.batch_size}, {self.context_length}")
+
+    @classmethod
+    def from_dict(cls, name: str, values: Mapping) -> "StageSpec":
+        """Build from a YAML mapping: stage keys plus a ``loop`` sub-mapping (or loop keys inline)."""
+        values = dict(values)
+        own = {k: values.pop(k) for k in list(values) if k in cls.__dataclass_fields__ and k != "loop"}
+        loop_values = dict(values.pop("loop", {}))
+        loop_values.update(values)  # remaining keys are loop options (unknown ones raise there)
+        return cls(name=name, loop=LoopConfig.from_dict(loop_values), **own)
+
+    @property
+    def pixels(self) -> slice:
+        return WINDOWS[self.window]
+
+
+@dataclass
+class StageResult:
+    """Where a stage's checkpoint is and how training went."""
+
+    name: str
+    model_dir: Path
+    best_step: int | None
+    best_metric: float | None
+    last_step: int
+    resumed_from: int
+    seconds: float
+    skipped: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def window_data(split, pixels: slice | None = None, rows=None) -> WindowData:
+    """Dense arrays of a dataset split (schema of :mod:`spectrafm_hf.data.schema`) cut to ``pixels``.
+
+    Args:
+        split: a ``datasets.Dataset``.
+        pixels: slice of the pixel grid (default all).
+        rows: optional row indices to keep (applied before loading, so only they are read).
+    """
+    from ..data.schema import get_wavelength
+
+    wavelength = get_wavelength(split)
+    pixels = pixels or slice(0, len(wavelength))
+    if rows is not None:
+        split = split.select(np.asarray(rows, dtype=np.int64))
+    table = split.with_format("numpy")
+    columns = set(split.column_names)
+    flux = np.stack(table["flux"]).astype(np.float32)[:, pixels] if len(split) else np.zeros((0, len(wavelength[pixels])), np.float32)
+    mask = np.stack(table["mask"]).astype(bool)[:, pixels] if len(split) else np.zeros(flux.shape, bool)
+    flux_err = np.stack(table["flux_err"]).astype(np.float32)[:, pixels] if len(split) else np.zeros(flux.shape, np.float32)
+    labels = {name: np.asarray(table[name], np.float64) for name in LABELS if name in columns}
+    errors = {name: np.asarray(table[f"{name}_ERR"], np.float64) for name in LABELS if f"{name}_ERR" in columns}
+    return WindowData(flux=flux, mask=mask | ~np.isfinite(flux), flux_err=flux_err, labels=labels,
+                      label_errors=errors, wavelength=wavelength[pixels])
+
+
+def subset(data: WindowData, index: np.ndarray) -> WindowData:
+    """Rows ``index`` of ``data``."""
+    index = np.asarray(index)
+    return WindowData(
+        flux=data.flux[index], mask=data.mask[index], flux_err=data.flux_err[index],
+        labels={k: v[index] for k, v in data.labels.items()},
+        label_errors={k: v[index] for k, v in data.label_errors.items()},
+        wavelength=data.wavelength,
+    )
+
+
+def concatenate(a: WindowData, b: WindowData) -> WindowData:
+    """Stars of ``a`` then ``b`` (same pixels); labels missing in one side become NaN."""
+    names = sorted(set(a.labels) | set(b.labels))
+    err_names = sorted(set(a.label_errors) | set(b.label_errors))
+
+    def column(d: Mapping, name: str, n: int):
+        return d.get(name, np.full(n, np.nan))
+
+    return WindowData(
+        flux=np.concatenate([a.flux, b.flux]), mask=np.concatenate([a.mask, b.mask]),
+        flux_err=np.concatenate([a.flux_err, b.flux_err]),
+        labels={k: np.concatenate([column(a.labels, k, len(a)), column(b.labels, k, len(b))]) for k in names},
+        label_errors={k: np.concatenate([column(a.label_errors, k, len(a)), column(b.label_errors, k, len(b))]) for k in err_names},
+        wavelength=a.wavelength,
+    )
+
+
+def rows_of(data: WindowData, index: np.ndarray) -> list[dict]:
+    """Schema rows (dicts of numpy values) for the collator, for stars ``index``."""
+    rows = []
+    for i in np.asarray(index):
+        row = {"flux": data.flux[i], "flux_err": data.flux_err[i], "mask": data.mask[i]}
+        for name in LABELS:
+            row[name] = np.float32(data.labels[name][i]) if name in data.labels else np.float32(np.nan)
+            row[f"{name}_ERR"] = (
+                np.float32(data.label_errors[name][i]) if name in data.label_errors else np.float32(np.nan)
+            )
+        rows.append(row)
+    return rows
+
+
+def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: StageSpec, seed: int,
+             extra: tuple[WindowData, np.ndarray] | None = None) -> dict:
+    """A training batch of stars ``index`` of ``data`` (plus ``extra`` = (data, index) rehearsal stars).
+
+    Each star gets its own random context of ``spec.context_length`` valid pixels and, with
+    ``request="random"``, one random label among those it has; both drawn from ``seed``.
+    """
+    flux, mask = data.flux[index], data.mask[index]
+    names = list(LABELS) if spec.request == "random" else list(spec.request)
+    labels = {k: data.labels.get(k, np.full(len(data), np.nan))[index] for k in names}
+    errors = {k: data.label_errors.get(k, np.full(len(data), np.nan))[index] for k in names}
+    if extra is not None:
+        other, other_index = extra
+        flux = np.concatenate([flux, other.flux[other_index]])
+        mask = np.concatenate([mask, other.mask[other_index]])
+        labels = {k: np.concatenate([v, other.labels.get(k, np.full(len(other), np.nan))[other_index]]) for k, v in labels.items()}
+        errors = {k: np.concatenate([v, other.label_errors.get(k, np.full(len(other), np.nan))[other_index]]) for k, v in errors.items()}
+    # Errors: NaN (unknown) → 0 added variance, as the paper's loss does with missing errors.
+    errors = {k: np.nan_to_num(np.abs(v), nan=0.0) for k, v in errors.items()}
+    batch = feature_extractor(
+        data.wavelength, flux, mask=mask, request=spec.request, context_length=spec.context_length,
+        sampling="random", seed=seed, labels=labels, label_errors=errors, return_tensors="pt",
+    )
+    return dict(batch)
+
+
+def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: int, rehearsal: WindowData | None = None):
+    """``make_batch(step, rank, world)`` for :func:`~spectrafm_hf.training.loop.train`.
+
+    Stars of step ``step`` are drawn from ``default_rng([seed, step])`` for all ranks at once and
+    split between them, so the union over processes is the same whatever the process count, and
+    any step can be regenerated on resume. Contexts and random labels are seeded by (seed, step, rank).
+    """
+    n = len(data)
+    if n == 0:
+        raise ValueError(f"{spec.name}: the training set is empty")
+
+    def make_batch(step: int, rank: int, world: int):
+        rng = np.random.default_rng([seed, step])
+        total = spec.batch_size * world
+        index = rng.choice(n, size=total, replace=total > n)[rank * spec.batch_size:(rank + 1) * spec.batch_size]
+        extra = None
+        if rehearsal is not None and spec.rehearsal > 0:
+            k = spec.rehearsal * world
+            extra_index = rng.choice(len(rehearsal), size=k, replace=k > len(rehearsal))
+            extra = (rehearsal, extra_index[rank * spec.rehearsal:(rank + 1) * spec.rehearsal])
+        return tokenize(feature_extractor, data, index, spec, seed=int(seed) * 1_000_003 + step * 1009 + rank, extra=extra)
+
+    return make_batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+def new_model(model_config: Mapping, train: WindowData, feature_extractor=None):
+    """A randomly initialised SpectraFM model + a feature extractor fitted on ``train``.
+
+    ``model_config`` are :class:`~spectrafm_hf.SpectraFMConfig` keyword arguments. The label
+    statistics (median / MAD-std) come from the feature extractor's fit on the training labels.
+    """
+    from .. import SpectraFMConfig, SpectraFMFeatureExtractor, SpectraFMModel
+
+    if feature_extractor is None:
+        feature_extractor = fit_feature_extractor(SpectraFMFeatureExtractor(), train)
+    config = SpectraFMConfig(**dict(model_config))
+    sync_label_statistics(config, feature_extractor)
+    return SpectraFMModel(config), feature_extractor
+
+
+def fit_feature_extractor(feature_extractor, data: WindowData):
+    """Fit flux and label standardisation on ``data`` (flux: global median/MAD-std of valid pixels)."""
+    feature_extractor.fit(
+        wavelength=data.wavelength, flux=data.flux, mask=data.mask,
+        labels={k: v for k, v in data.labels.items()},
+    )
+    return feature_extractor
+
+
+def sync_label_statistics(config, feature_extractor) -> None:
+    """Copy the feature extractor's label statistics into the config (the model card reads them)."""
+    stats = getattr(feature_extractor, "named_token_statistics", None)
+    if stats:
+        config.named_token_statistics = {k: [float(v[0]), float(v[1])] for k, v in stats.items() if k in config.named_tokens}
+
+
+def load_model(model_dir: str | Path):
+    """(model, feature extractor) from a stage folder, via the Auto classes."""
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    import spectrafm_hf  # noqa: F401  (registers the Auto classes)
+
+    return AutoModel.from_pretrained(str(model_dir)), AutoFeatureExtractor.from_pretrained(str(model_dir))
+
+
+@torch.no_grad()
+def predict(model, feature_extractor, data: WindowData, labels: Sequence[str] = ("FE_H",), batch_size: int = 64,
+            progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Physical-unit (mean, 1σ), each (N,), per label for every star of ``data``.
+
+    All valid pixels of the window form one context (no chunking), batched by ``batch_size`` stars.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    labels = list(labels)
+    means, sigmas = [], []
+    for start in tqdm(range(0, len(data), batch_size), disable=not progress, desc="predict"):
+        chunk = slice(start, start + batch_size)
+        batch = feature_extractor(data.wavelength, data.flux[chunk], mask=data.mask[chunk], request=labels,
+                                  sampling="all", return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        output = model(**inputs)
+        mean, sigma = feature_extractor.to_physical(labels, output.mean.float().cpu(), output.log_variance.float().cpu())
+        means.append(mean)
+        sigmas.append(sigma)
+    mean = np.concatenate(means) if means else np.zeros((0, len(labels)))
+    sigma = np.concatenate(sigmas) if sigmas else np.zeros((0, len(labels)))
+    return {label: (mean[:, i], sigma[:, i]) for i, label in enumerate(labels)}
+
+
+# ----------------------------------------------------------------------------------------------
+# One stage
+# ----------------------------------------------------------------------------------------------
+
+
+def _evaluator(spec: StageSpec, validation: WindowData, feature_extractor, seed: int):
+    """``model → {"val_loss": ..., "val_rmse_<L>": ...}`` on fixed validation batches / stars."""
+    if spec.select_on.startswith("val_rmse_"):
+        label = spec.select_on[len("val_rmse_"):]
+        truth = validation.labels[label]
+
+        def evaluate(model):
+            mean, _ = predict(model, feature_extractor, validation, (label,), spec.eval_batch_size)[label]
+            return {spec.select_on: float(np.sqrt(np.nanmean((mean - truth) ** 2)))}
+
+        return evaluate
+
+    # NLL on fixed validation batches: the same stars, contexts and requested labels at every evaluation.
+    index = np.arange(len(validation))
+    batches = [
+        tokenize(feature_extractor, validation, index[start:start + spec.eval_batch_size], spec, seed=seed + 7919 * (k + 1))
+        for k, start in enumerate(range(0, len(index), spec.eval_batch_size))
+    ]
+
+    def evaluate(model):
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for batch in batches:
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            n = int(inputs["input_ids"].shape[0])
+            total += float(model(**inputs).loss) * n
+            count += n
+        return {"val_loss": total / max(count, 1)}
+
+    return evaluate
+
+
+def apply_freezing(model, spec: StageSpec) -> None:
+    """Freeze what the spec says (everything else trainable)."""
+    model.unfreeze()
+    if spec.freeze_decoder:
+        model.freeze_decoder()
+    if spec.freeze_encoder_blocks:
+        model.freeze_encoder_blocks(spec.freeze_encoder_blocks)
+
+
+def run_stage(
+    spec: StageSpec,
+    train_data: WindowData,
+    validation: WindowData,
+    out_dir: str | Path,
+    init: str | Path | None = None,
+    model_config: Mapping | None = None,
+    rehearsal: WindowData | None = None,
+    card=None,
+    seed: int = 0,
+    accelerator=None,
+) -> StageResult:
+    """Train one stage and write its checkpoint (model + feature extractor + card) to ``out_dir``.
+
+    Args:
+        spec: the stage recipe.
+        train_data, validation: arrays already cut to ``spec.window`` (and, for stage 3, to the
+            100 iron-rich stars / iron-rich validation stars).
+        out_dir: stage folder; ``AutoModel.from_pretrained(out_dir)`` loads the best checkpoint.
+            A folder with ``stage_complete.json`` is reused as is (the run is skipped).
+        init: previous stage folder to start from, or None for a random initialisation with
+            ``model_config`` (the scratch transformer, stage 1).
+        rehearsal: synthetic stars (same window) for ``spec.rehearsal``.
+        card: a ``spectrafm_hf.hub.cards.CardInfo`` (or None) saved as the folder's README.md.
+        seed: data-order / context / initialisation seed.
+    """
+    out_dir = Path(out_dir)
+    marker = out_dir / COMPLETE_MARKER
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        return StageResult(spec.name, out_dir, info.get("best_step"), info.get("best_metric"), info.get("last_step", 0),
+                           info.get("last_step", 0), 0.0, skipped=True)
+    start = time.time()
+    torch.manual_seed(seed)  # the random initialisation of fresh models
+    if init is None:
+        if model_config is None:
+            raise ValueError(f"{spec.name}: give init (a previous stage folder) or model_config for a fresh model")
+        model, feature_extractor = new_model(model_config, train_data)
+    else:
+        model, feature_extractor = load_model(init)
+    apply_freezing(model, spec)
+
+    from ..hub.remote_code import save_checkpoint
+
+    def save_best(unwrapped, folder: Path):
+        save_checkpoint(unwrapped, feature_extractor, folder, card=card)
+
+    result: LoopResult = train(
+        model,
+        batch_sampler(train_data, spec, feature_extractor, seed, rehearsal),
+        out_dir,
+        spec.loop,
+        evaluate=_evaluator(spec, validation, feature_extractor, seed),
+        select_metric=spec.select_on,
+        save_best=save_best,
+        run_config={"stage": spec.name, "window": spec.window, "n_train": len(train_data),
+                    "batch_size": spec.batch_size, "context_length": spec.context_length,
+                    "init": str(init) if init else "random", "seed": seed},
+        accelerator=accelerator,
+    )
+    summary = {
+        "stage": spec.name, "best_step": result.best_step, "best_metric": result.best_metric,
+        "select_on": spec.select_on, "last_step": result.last_step, "stopped_early": result.stopped_early,
+        "n_train": len(train_data), "n_validation": len(validation), "window": spec.window,
+        "init": str(init) if init else None, "seconds_this_run": result.seconds,
+        "spec": {k: v for k, v in asdict(spec).items() if k != "loop"}, "loop": asdict(spec.loop),
+    }
+    if _is_main_process():
+        marker.write_text(json.dumps(summary, indent=2, default=str))
+    return StageResult(spec.name, out_dir, result.best_step, result.best_metric, result.last_step,
+                       result.resumed_from, time.time() - start)
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -1,0 +1,81 @@
+"""Stages 1 → 2 → 3 and the scratch transformer on tiny toy data (spectrafm_hf.training.stages)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _training_toys import TINY_MODEL, cut, toy_data
+from spectrafm_hf.training.loop import LoopConfig
+from spectrafm_hf.training.stages import WINDOWS, StageSpec, load_model, predict, run_stage
+
+
+def _loop(steps, **kw):
+    return LoopConfig(max_steps=steps, learning_rate=1e-3, eval_every=2, checkpoint_every=2, log_every=1,
+                      progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def three_stages(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stages")
+    synthetic, observed, validation = toy_data(24, 0), toy_data(24, 1), toy_data(12, 2, feh_range=(-1.0, 0.4))
+    s1 = run_stage(StageSpec("stage1", "all", "random", 8, 32, _loop(4)), synthetic, validation, out / "stage1",
+                   model_config=TINY_MODEL, seed=0)
+    half = WINDOWS["first_half"]
+    s2 = run_stage(StageSpec("stage2", "first_half", "random", 8, 32, _loop(4)), cut(observed, half),
+                   cut(validation, half), out / "stage2", init=out / "stage1", seed=0)
+    fe = WINDOWS["fe_window"]
+    spec3 = StageSpec("stage3", "fe_window", ["FE_H"], 8, 32, _loop(4), freeze_decoder=True,
+                      freeze_encoder_blocks=[1], select_on="val_rmse_FE_H", rehearsal=4)
+    s3 = run_stage(spec3, cut(toy_data(10, 3, feh_range=(-1.0, 0.4)), fe), cut(validation, fe), out / "stage3",
+                   init=out / "stage2", rehearsal=cut(synthetic, fe), seed=0)
+    return out, (s1, s2, s3)
+
+
+def test_each_stage_writes_a_loadable_checkpoint_and_marker(three_stages):
+    out, results = three_stages
+    data = cut(toy_data(5, 9), WINDOWS["fe_window"])
+    for result in results:
+        assert (result.model_dir / "model.safetensors").exists()
+        assert (result.model_dir / "preprocessor_config.json").exists()
+        marker = json.loads((result.model_dir / "stage_complete.json").read_text())
+        assert marker["last_step"] == 4 and marker["best_step"] in (2, 4)
+        model, fe = load_model(result.model_dir)
+        mean, sigma = predict(model, fe, data, ("FE_H",))["FE_H"]
+        assert mean.shape == (5,) and np.all(np.isfinite(mean)) and np.all(sigma > 0)
+    stage3 = json.loads((out / "stage3" / "stage_complete.json").read_text())
+    assert stage3["select_on"] == "val_rmse_FE_H"
+
+
+def test_stage3_keeps_decoder_and_second_encoder_block_frozen(three_stages):
+    out, _ = three_stages
+    stage2, _ = load_model(out / "stage2")
+    stage3, _ = load_model(out / "stage3")
+    before, after = stage2.state_dict(), stage3.state_dict()
+    frozen = [k for k in before if k.startswith(("decoder.", "head.", "encoder.1."))]
+    trainable = [k for k in before if k.startswith(("embeddings.", "encoder.0."))]
+    assert frozen and trainable
+    for key in frozen:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert any(not torch.equal(after[k], before[k]) for k in trainable)
+
+
+def test_completed_stage_is_skipped_on_rerun(three_stages):
+    out, (s1, _, _) = three_stages
+    again = run_stage(StageSpec("stage1", "all", "random", 8, 32, _loop(4)), toy_data(24, 0), toy_data(12, 2),
+                      out / "stage1", model_config=TINY_MODEL)
+    assert again.skipped and again.best_step == s1.best_step
+
+
+def test_stage_spec_errors():
+    with pytest.raises(ValueError, match="unknown window"):
+        StageSpec("x", "blue", "random", 8, 32, _loop(1))
+    with pytest.raises(ValueError, match="unknown label"):
+        StageSpec("x", "all", ["FEH"], 8, 32, _loop(1))
+    with pytest.raises(ValueError, match="unknown training option"):
+        StageSpec.from_dict("x", {"window": "all", "request": "random", "batch_size": 8, "context_length": 8,
+                                  "max_steps": 2, "learnig_rate": 1})
+    spec = StageSpec.from_dict("stage3", {"window": "fe_window", "request": ["FE_H"], "batch_size": 8,
+                                          "context_length": 8, "max_steps": 3, "learning_rate": 2e-4})
+    assert spec.loop.max_steps == 3 and spec.loop.learning_rate == 2e-4
