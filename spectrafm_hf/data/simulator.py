@@ -911,6 +911,9 @@ def get_line_model(wavelength: np.ndarray | None = None) -> LineModel:
     return _MODEL_CACHE[key]
 
 
+#: Bumped when a change alters the spectra produced for a given seed.
+SIMULATOR_VERSION = "1.0"
+
 REPORTED_ERRORS = {"TEFF": 8.0, "LOGG": 0.023, "FE_H": 0.0075, "MG_FE": 0.012, "O_FE": 0.015}
 
 
@@ -923,6 +926,7 @@ def simulate(
     resolving_power: float = APOGEE_RESOLVING_POWER,
     gap_config: GapConfig | None = None,
     snr: np.ndarray | None = None,
+    indices: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Simulate a batch of stars from their TRUE labels.
 
@@ -933,6 +937,7 @@ def simulate(
         universe: "synthetic" (clean model) or "observed" (true universe + instrument).
         seed: dataset seed; star ``start_index + b`` draws its randomness from (seed, index) only.
         start_index: global index of the first star of the batch (keeps results batch-independent).
+        indices: explicit global star indices, (B,) (overrides ``start_index``).
         wavelength: output grid (vacuum Å, (P,)); default the 7514-pixel APOGEE grid.
         resolving_power: the model's R (the observed universe draws its own per star if
             ``gap_config.lsf_mismatch``).
@@ -949,13 +954,14 @@ def simulate(
     cfg = gap_config if gap_config is not None else (GapConfig() if universe == "observed" else GapConfig.clean())
     stars = _as_label_arrays(labels)
     B = len(stars["TEFF"])
+    indices = np.arange(start_index, start_index + B) if indices is None else np.asarray(indices)
+    if indices.shape != (B,):
+        raise ValueError(f"indices must have shape ({B},) like the labels, got {indices.shape}")
     model = get_line_model(wavelength)
-    wl = model.wavelength
-    P = len(wl)
     # per-star draws, always in the same order (so switches do not shift other terms' randomness)
     draws = []
     for b in range(B):
-        rng = star_rng(seed, _STREAM_OBSERVE, start_index + b)
+        rng = star_rng(seed, _STREAM_OBSERVE, indices[b])
         d = {
             "vmicro": rng.normal(0.0, 1.0), "r": rng.random(), "snr": rng.random(),
             "cont": rng.normal(0.0, 1.0, (len(model.segments), 4)), "cont_rms": rng.random(),

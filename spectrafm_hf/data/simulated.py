@@ -1,0 +1,190 @@
+"""Simulated datasets: label prior → simulator → ``datasets.DatasetDict`` (and ``spectrafm simulate``).
+
+Rows follow the project schema (``schema.py``): ``id`` = ``sim-<universe>-<seed>-<index>``, ``flux``,
+``flux_err``, ``mask``, the five labels (reported: exact for "synthetic", with label noise and ~0.7 %
+missing abundances for "observed") and their ``_ERR``, ``snr`` (NaN for noise-free synthetic spectra,
+whose ``flux_err`` is 0), plus extra float32 columns: the nuisances ``VMICRO VMACRO VSINI C_FE N_FE``
+and ``TRUE_<LABEL>`` (the labels each spectrum was made from, for evaluation only).
+
+Star ``i`` always gets the same labels and spectrum for a given (universe, seed, prior, gap config),
+whatever ``n``, ``batch_size`` or the split it lands in: every random draw is keyed by (seed, i).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from . import simulator as sim
+from .prior import sample_labels
+from .schema import LABELS, split_indices, write_dataset
+
+NUISANCE_COLUMNS = sim.NUISANCE_LABELS
+TRUE_COLUMNS = tuple(f"TRUE_{name}" for name in LABELS)
+EXTRA_COLUMNS = (*NUISANCE_COLUMNS, *TRUE_COLUMNS)
+DEFAULT_SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+def default_prior(universe: str) -> str:
+    """The default label prior of a universe: "wide" for synthetic, "apogee" for observed."""
+    return "wide" if universe == "synthetic" else "apogee"
+
+
+def _batch_rows(out: dict, indices: np.ndarray, universe: str, seed: int) -> dict:
+    """Simulator output → a schema batch (dict of arrays, leading axis = star)."""
+    batch = {key: out[key] for key in ("flux", "flux_err", "mask", "snr")}
+    batch["id"] = np.array([f"sim-{universe}-{seed}-{int(i)}" for i in indices])
+    for name in LABELS:
+        batch[name] = out[name]
+        batch[f"{name}_ERR"] = out[f"{name}_ERR"]
+        batch[f"TRUE_{name}"] = out[f"true_{name}"]
+    for name in NUISANCE_COLUMNS:
+        batch[name] = out[name]
+    return batch
+
+
+def _take(labels: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
+    return {key: np.asarray(value)[rows] for key, value in labels.items()}
+
+
+def simulate_label_table(
+    labels: Mapping[str, np.ndarray],
+    universe: str = "synthetic",
+    seed: int = 0,
+    indices: np.ndarray | None = None,
+    gap_config: sim.GapConfig | None = None,
+    wavelength: np.ndarray | None = None,
+    resolving_power: float = sim.APOGEE_RESOLVING_POWER,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Simulate the stars of a given label table (dict of (n,) arrays, TRUE labels) in memory.
+
+    ``indices`` (default ``arange(n)``) are the stars' global indices, which key their randomness.
+    Returns a schema batch for all n stars (see :func:`_batch_rows`).
+    """
+    n = len(np.atleast_1d(labels["TEFF"]))
+    indices = np.arange(n) if indices is None else np.asarray(indices)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    pieces = []
+    bar = _progress(n, f"simulate {universe}", progress)
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        out = sim.simulate(_take(labels, rows), universe=universe, seed=seed, indices=indices[rows],
+                           wavelength=wavelength, resolving_power=resolving_power, gap_config=gap_config)
+        pieces.append(_batch_rows(out, indices[rows], universe, seed))
+        bar.update(len(rows))
+    bar.close()
+    if not pieces:
+        raise ValueError("the label table is empty; nothing to simulate")
+    return {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+
+
+def simulate_arrays(
+    n: int,
+    universe: str = "synthetic",
+    seed: int = 0,
+    prior: str | None = None,
+    start_index: int = 0,
+    gap_config: sim.GapConfig | None = None,
+    wavelength: np.ndarray | None = None,
+    resolving_power: float = sim.APOGEE_RESOLVING_POWER,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Draw ``n`` stars from the prior and simulate them in memory (tests, the pipeline)."""
+    prior = prior or default_prior(universe)
+    labels = sample_labels(n, seed=seed, prior=prior, start_index=start_index)
+    return simulate_label_table(labels, universe, seed, np.arange(start_index, start_index + n), gap_config,
+                                wavelength, resolving_power, batch_size, progress)
+
+
+def build_simulated_dataset(
+    out_dir: str | os.PathLike,
+    universe: str,
+    n: int,
+    seed: int = 0,
+    prior: str | None = None,
+    splits: Mapping[str, float] | None = None,
+    gap_config: sim.GapConfig | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+    overwrite: bool = False,
+    labels: Mapping[str, np.ndarray] | None = None,
+    wavelength: np.ndarray | None = None,
+    resolving_power: float = sim.APOGEE_RESOLVING_POWER,
+):
+    """Simulate ``n`` stars into a ``DatasetDict`` saved at ``out_dir`` (streamed, atomic).
+
+    Args:
+        out_dir: destination folder (must not exist unless ``overwrite``).
+        universe: "synthetic" or "observed".
+        n: number of spectra (ignored when ``labels`` is given: its length is used).
+        seed: dataset seed (labels, noise, splits).
+        prior: "apogee" or "wide" (default: wide for synthetic, apogee for observed).
+        splits: split name → fraction (default train/validation/test 0.8/0.1/0.1), reproducible.
+        gap_config: observed-universe gap terms (default all on) or None for the universe default.
+        batch_size: stars simulated at once (memory ≈ batch_size × 0.6 MB); results do not depend on it.
+        progress: show a tqdm progress bar.
+        overwrite: replace an existing ``out_dir``.
+        labels: optional table of TRUE labels (dict of (n,) arrays) to simulate instead of the prior.
+        wavelength, resolving_power: another instrument's grid (vacuum Å) and R.
+    """
+    if universe not in ("synthetic", "observed"):
+        raise ValueError(f"universe must be 'synthetic' or 'observed', got {universe!r}")
+    prior = prior or default_prior(universe)
+    if labels is None:
+        if n < 1:
+            raise ValueError(f"n must be ≥ 1, got {n}")
+        labels = sample_labels(n, seed=seed, prior=prior)
+    else:
+        n = len(np.atleast_1d(labels["TEFF"]))
+        prior = "given label table"
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    parts = split_indices(n, dict(splits or DEFAULT_SPLITS), seed)
+    model = sim.get_line_model(wavelength)
+    cfg = gap_config if gap_config is not None else (
+        sim.GapConfig() if universe == "observed" else sim.GapConfig.clean())
+    bar = _progress(n, f"simulate {universe} → {os.fspath(out_dir)}", progress)
+
+    def make_batches(rows: np.ndarray):
+        def generate():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                out = sim.simulate(_take(labels, chunk), universe=universe, seed=seed, indices=chunk,
+                                   wavelength=wavelength, resolving_power=resolving_power, gap_config=cfg)
+                bar.update(len(chunk))
+                yield _batch_rows(out, chunk, universe, seed)
+        return generate
+
+    metadata = {
+        "source": "simulator", "universe": universe, "seed": int(seed), "prior": prior, "n": int(n),
+        "gap_config": cfg.to_dict(), "simulator_version": sim.SIMULATOR_VERSION,
+        "resolving_power": float(resolving_power), "splits": {k: float(v) for k, v in (splits or DEFAULT_SPLITS).items()},
+        "note": "one-layer physical simulator (docs/simulator.md): realistic relative behaviour, not for abundance work",
+    }
+    try:
+        dataset = write_dataset(out_dir, {name: make_batches(rows) for name, rows in parts.items()},
+                                model.wavelength, metadata, extra_scalars=EXTRA_COLUMNS, overwrite=overwrite)
+    finally:
+        bar.close()
+    return dataset
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="spectra", disable=not enabled, dynamic_ncols=True)
+
+
+def run_simulate(args) -> int:
+    """``spectrafm simulate --universe U --n N --seed S --out DIR [--prior P] [--overwrite]``."""
+    dataset = build_simulated_dataset(args.out, universe=args.universe, n=args.n, seed=args.seed,
+                                      prior=getattr(args, "prior", None), overwrite=getattr(args, "overwrite", False))
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in dataset.items())
+    print(f"wrote {args.out}: {args.universe} universe, {sizes} spectra")
+    return 0
