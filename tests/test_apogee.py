@@ -280,3 +280,17 @@ def test_load_paper_arrays_refuses_wrong_wavelengths_and_shapes(tmp_path):
     np.save(folder / "labels_test.npy", np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"labels_test.npy: shape \(3, 4\)"):
         apogee.load_paper_arrays(folder, tmp_path / "out")
+
+
+def test_build_from_apstar_files_uses_continuum_normalisation(tmp_path):
+    folder = tmp_path / "stars" / "apo25m" / "K04_083+13"
+    folder.mkdir(parents=True)
+    (folder / FIXTURE.name).write_bytes(FIXTURE.read_bytes())
+    write_apstar(folder / "apStar-dr17-2Mwronggrid.fits", *_apstar_arrays(), primary_overrides={"CDELT1": 1e-5})
+    ds = apogee.build_apogee_dataset(tmp_path / "stars", tmp_path / "out", kind="apstar",
+                                     splits={"train": 1.0}, progress=False)
+    assert list(ds["train"]["id"]) == ["2M19485057+5005279"]
+    assert 0.97 < np.nanmedian(np.asarray(ds["train"][0]["flux"], dtype=float)) < 1.0
+    report = json.loads((tmp_path / "out" / "bad_files.json").read_text())
+    assert report["n_bad"] == 1 and "CDELT1" in report["bad"][0]["reason"]
+    assert get_metadata(ds)["bad_pixmask_bits"] == list(apogee.DEFAULT_BAD_PIXMASK_BITS)
