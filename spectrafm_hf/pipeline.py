@@ -83,17 +83,31 @@ class Timer:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: str, splits: Mapping[str, float], **kwargs):
-    """Build a simulated DatasetDict once; later runs (and other processes) load it from the cache."""
+def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: str, splits: Mapping[str, float],
+                    feh_below: float | None = None):
+    """Build a simulated DatasetDict once; later runs (and other processes) load it from the cache.
+
+    ``feh_below``: draw the stars from ``prior`` restricted to [Fe/H] < ``feh_below`` (the prior is
+    sampled until ``n`` such stars are found, i.e. rejection sampling of the same distribution).
+    """
     from datasets import load_from_disk
 
+    from .data.prior import sample_labels
     from .data.simulated import build_simulated_dataset
 
-    tag = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
-    folder = cache_dir / f"{universe}-{prior}-n{n}-seed{seed}{('-' + tag) if tag else ''}"
+    tag = f"-feh_below{feh_below:g}" if feh_below is not None else ""
+    folder = cache_dir / f"{universe}-{prior}-n{n}-seed{seed}{tag}"
     if folder.exists():
         return load_from_disk(str(folder))
-    return build_simulated_dataset(folder, universe, n, seed, prior=prior, splits=dict(splits), **kwargs)
+    labels = None
+    if feh_below is not None:
+        pool = sample_labels(max(1000, 100 * n), seed=seed, prior=prior)
+        keep = np.flatnonzero(np.asarray(pool["FE_H"]) < feh_below)
+        if len(keep) < n:
+            raise ValueError(f"the {prior!r} prior gave only {len(keep)} stars below [Fe/H] {feh_below}; lower n_iron_poor")
+        labels = {k: np.asarray(v)[keep[:n]] for k, v in pool.items()}
+    return build_simulated_dataset(folder, universe, n, seed, prior=prior, splits=dict(splits), labels=labels,
+                                   progress=True)
 
 
 def prepare_data(config: Mapping, out_dir: Path) -> dict:
@@ -111,10 +125,8 @@ def prepare_data(config: Mapping, out_dir: Path) -> dict:
     result = {"synthetic": synthetic, "observed": observed}
     n_poor = int(data.get("test", {}).get("n_iron_poor", 0))
     if n_poor:
-        result["iron_poor"] = _cached_dataset(
-            cache_dir, "observed", n_poor, seed + 2, observed_cfg.get("prior", "apogee"), {"test": 1.0},
-            feh_range=(-3.0, FEH_RICH_MIN),
-        )
+        result["iron_poor"] = _cached_dataset(cache_dir, "observed", n_poor, seed + 2,
+                                              observed_cfg.get("prior", "apogee"), {"test": 1.0}, feh_below=FEH_RICH_MIN)
     return result
 
 

@@ -289,31 +289,19 @@ def load_model(model_dir: str | Path):
     return AutoModel.from_pretrained(str(model_dir)), AutoFeatureExtractor.from_pretrained(str(model_dir))
 
 
-@torch.no_grad()
 def predict(model, feature_extractor, data: WindowData, labels: Sequence[str] = ("FE_H",), batch_size: int = 64,
-            progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            context: str | int = "all", progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Physical-unit (mean, 1σ), each (N,), per label for every star of ``data``.
 
-    All valid pixels of the window form one context (no chunking), batched by ``batch_size`` stars.
+    ``context="all"``: every valid pixel of the window in one context (exact; cost grows as the
+    square of the pixel count); an int: disjoint chunks of that many pixels combined by precision
+    weighting (:func:`spectrafm_hf.predict.predict_labels`).
     """
-    from tqdm.auto import tqdm
+    from ..predict import predict_labels
 
-    model.eval()
-    device = next(model.parameters()).device
-    labels = list(labels)
-    means, sigmas = [], []
-    for start in tqdm(range(0, len(data), batch_size), disable=not progress, desc="predict"):
-        chunk = slice(start, start + batch_size)
-        batch = feature_extractor(data.wavelength, data.flux[chunk], mask=data.mask[chunk], request=labels,
-                                  sampling="all", return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        output = model(**inputs)
-        mean, sigma = feature_extractor.to_physical(labels, output.mean.float().cpu(), output.log_variance.float().cpu())
-        means.append(mean)
-        sigmas.append(sigma)
-    mean = np.concatenate(means) if means else np.zeros((0, len(labels)))
-    sigma = np.concatenate(sigmas) if sigmas else np.zeros((0, len(labels)))
-    return {label: (mean[:, i], sigma[:, i]) for i, label in enumerate(labels)}
+    result = predict_labels(model, feature_extractor, data.wavelength, data.flux, mask=data.mask,
+                            request=list(labels), batch_size=batch_size, context=context, progress=progress)
+    return {label: (np.asarray(result[label][0], np.float64), np.asarray(result[label][1], np.float64)) for label in labels}
 
 
 # ----------------------------------------------------------------------------------------------
