@@ -121,3 +121,38 @@ def test_bad_card_info_is_refused():
         _info("stage1", training_data=" ")
     with pytest.raises(ValueError, match="data_kind"):
         _info("stage1", data_kind="fake")
+
+
+def test_usage_code_in_the_card_runs(tmp_path, monkeypatch):
+    """Both Python snippets of a rendered card run against a real (tiny) checkpoint."""
+    import re
+
+    from test_remote_code import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path / "tiny")
+    card = render_card(_info("stage3", labels=["FE_H"], repo_id=str(folder)))
+    snippets = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    assert len(snippets) == 2
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    for code in snippets:
+        namespace: dict = {}
+        exec(compile(code, "card-snippet", "exec"), namespace)  # noqa: S102 - our own rendered card
+        values, errors = namespace["values"], namespace["errors"]
+        assert values.shape[0] == 2 and (errors > 0).all()
+
+
+def test_card_info_for_checkpoint_reads_model_and_metrics(tmp_path):
+    from spectrafm_hf import SpectraFMConfig, SpectraFMFeatureExtractor
+    from spectrafm_hf.hub.cards import card_info_for_checkpoint
+    from spectrafm_hf.modeling_spectrafm import SpectraFMForLabelPrediction
+
+    model = SpectraFMForLabelPrediction(SpectraFMConfig.tiny())
+    fe = SpectraFMFeatureExtractor(flux_median=1.0, flux_std=0.01, trained_wavelength_range=[16105.9, 16220.0])
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    info = card_info_for_checkpoint("stage3", model, fe, training_data="100 stars.", labels=["FE_H"],
+                                    base_model="org/s2", metrics=tmp_path / "metrics.json")
+    assert info.wavelength_range_A == (16105.9, 16220.0) and info.labels == ["FE_H"]
+    assert info.metrics == {"FE_H": {"rmse": 0.0937, "rmse_feh_lt_-1": 0.2318}}
+    assert info.eval_info["n_spectra"] == 1234
+    stage1 = card_info_for_checkpoint("stage1", model, fe, training_data="x", metrics=None)
+    assert stage1.labels == list(model.config.named_tokens) and stage1.metrics is None

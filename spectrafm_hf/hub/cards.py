@@ -267,23 +267,34 @@ def _usage(info: CardInfo) -> str:
 ```python
 import numpy as np
 from spectrafm_hf.data.grid import apogee_wavelength
-from spectrafm_hf.predict import predict_labels
+from spectrafm_hf.predict import load_model, predict_labels
 
+model, feature_extractor = load_model("{where}")
 {grid}
-flux = np.ones((2, wavelength.size), dtype=np.float32)  # continuum-normalised, one row per star
-result = predict_labels("{where}", wavelength=wavelength, flux=flux, requests=["{label}"])
-print(result["{label}"], result["{label}_err"])  # values and 1σ, physical units
+flux = np.ones((2, wavelength.size))  # continuum-normalised, one row per star (NaN = bad pixel)
+result = predict_labels(model, feature_extractor, wavelength, flux, request=["{label}"])
+values, errors = result["{label}"]  # physical units, 1σ
+print(values, errors)
 ```
 
 or from the shell: `spectrafm predict --model {where} --input spectra.npz --request {label} --output out.csv`
 (`spectra.npz` holds `wavelength` (P,) in vacuum Å, `flux` (N, P) and optionally `flux_err`, `mask`).
 
-Without the package, the model code travels with the checkpoint:
+Without the package, the model code travels with the checkpoint (read it first: it runs locally):
 
 ```python
+import numpy as np
+import torch
 from transformers import AutoFeatureExtractor, AutoModel
-model = AutoModel.from_pretrained("{where}", trust_remote_code=True)
+
+model = AutoModel.from_pretrained("{where}", trust_remote_code=True).eval()
 feature_extractor = AutoFeatureExtractor.from_pretrained("{where}", trust_remote_code=True)
+wavelength = np.linspace(16106.0, 16220.0, 500)  # vacuum Å
+flux = np.ones((2, wavelength.size))
+batch = feature_extractor(wavelength, flux, request=["{label}"])
+with torch.no_grad():
+    out = model(**batch)
+values, errors = feature_extractor.to_physical(["{label}"], out.mean, out.log_variance)
 ```"""
 
 
@@ -330,4 +341,33 @@ def render_card(info: CardInfo) -> ModelCard:
         metrics_section=_metrics_section(info),
         citation=CITATION,
         source=info.source or "unknown",
+    )
+
+
+def card_info_for_checkpoint(stage: str, model, feature_extractor, *, training_data: str,
+                             data_kind: str = "simulated", base_model: str | None = None,
+                             repo_id: str | None = None, metrics: Mapping[str, Any] | str | Path | None = None,
+                             n_pixels: int | None = None, datasets: list[str] | None = None,
+                             labels: list[str] | None = None) -> CardInfo:
+    """A ``CardInfo`` for a model about to be saved: labels from ``config.named_tokens`` (or ``labels``,
+    e.g. ``["FE_H"]`` for stage 3), wavelength coverage from the feature extractor's
+    ``trained_wavelength_range``, metrics of ``stage`` from a ``metrics.json`` path or dict.
+
+    The pipeline calls ``save_checkpoint(model, fe, out_dir, card=card_info_for_checkpoint(...))``; it
+    re-renders the card after evaluation by calling it again with the ``metrics.json``.
+    """
+    measured, eval_info = stage_metrics(metrics, stage)
+    trained = getattr(feature_extractor, "trained_wavelength_range", None)
+    return CardInfo(
+        stage=stage,
+        labels=list(labels or model.config.named_tokens),
+        training_data=training_data,
+        data_kind=data_kind,
+        wavelength_range_A=(float(trained[0]), float(trained[1])) if trained else None,
+        n_pixels=n_pixels,
+        base_model=base_model,
+        repo_id=repo_id,
+        datasets=list(datasets or []),
+        metrics=measured or None,
+        eval_info=eval_info,
     )
