@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -174,14 +172,13 @@ def test_bad_repo_id(tmp_path, fake_hub):
         publish.publish_folder(folder, "just-a-name", api=FakeApi())
 
 
-def test_cli_dry_run_exit_code_and_missing_folder(tmp_path):
-    """The real CLI entry point: dry run exits 0; a bad folder exits 2 with a one-line error."""
+def test_cli_dry_run_exit_code_and_missing_folder(tmp_path, capsys):
+    """The real CLI entry point (``spectrafm_hf.cli.main``): dry run exits 0; a bad folder exits 2 with a
+    one-line error."""
+    from spectrafm_hf.cli import main
+
     folder = _make_folder(tmp_path / "s")
-    root = Path(__file__).resolve().parents[1]
-    ok = subprocess.run([sys.executable, "-m", "spectrafm_hf.cli", "publish", str(folder), "--repo-id",
-                         "org/x", "--dry-run"], cwd=root, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert "model.safetensors" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "spectrafm_hf.cli", "publish", str(tmp_path / "nope"),
-                          "--repo-id", "org/x", "--dry-run"], cwd=root, capture_output=True, text=True)
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    assert main(["publish", str(folder), "--repo-id", "org/x", "--dry-run"]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    assert main(["publish", str(tmp_path / "nope"), "--repo-id", "org/x", "--dry-run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
