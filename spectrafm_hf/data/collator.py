@@ -80,11 +80,10 @@ class SpectraFMCollator:
     def __call__(self, rows: Sequence[Mapping]):
         fe = self.feature_extractor
         flux = np.stack([np.asarray(r["flux"], dtype=np.float32)[self.columns] for r in rows])
-        mask = ~np.isfinite(flux)
+        mask = None
         if "mask" in rows[0]:
-            mask |= np.stack([np.asarray(r["mask"], dtype=bool)[self.columns] for r in rows])
-        with np.errstate(invalid="ignore"):
-            mask |= np.abs((flux - fe.flux_median) / fe.flux_std) > fe.outlier_threshold
+            mask = np.stack([np.asarray(r["mask"], dtype=bool)[self.columns] for r in rows])
+        mask = ~fe.usable_pixels(self.wavelength, flux, mask)
         keep = np.flatnonzero(~mask.all(axis=1))
         if keep.size < len(rows):
             if keep.size == 0:
