@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from . import simulator as sim
-from .prior import sample_labels
+from .prior import sample_labels  # noqa: F401  (re-exported for callers)
 from .schema import LABELS, split_indices, write_dataset
 
 NUISANCE_COLUMNS = sim.NUISANCE_LABELS

@@ -1,0 +1,106 @@
+"""Simulated DatasetDicts: schema, reproducible splits, batch-size independence, atomic writes, CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from spectrafm_hf.data import simulated, simulator
+from spectrafm_hf.data.grid import APOGEE_NPIX
+from spectrafm_hf.data.schema import LABELS, get_metadata, get_wavelength
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "observed"
+    ds = simulated.build_simulated_dataset(out, "observed", n=10, seed=7, batch_size=4, progress=False)
+    return out, ds
+
+
+def test_schema_and_metadata(built):
+    out, ds = built
+    assert set(ds) == {"train", "validation", "test"}
+    assert sum(len(s) for s in ds.values()) == 10
+    row = ds["train"][0]
+    assert len(row["flux"]) == len(row["flux_err"]) == len(row["mask"]) == APOGEE_NPIX
+    for name in (*LABELS, *(f"{l}_ERR" for l in LABELS), "snr", "VMICRO", "C_FE", "N_FE", "TRUE_FE_H"):
+        assert name in ds["train"].column_names
+    assert row["id"].startswith("sim-observed-7-")
+    meta = get_metadata(ds)
+    assert meta["source"] == "simulator" and meta["universe"] == "observed" and meta["seed"] == 7
+    assert meta["prior"] == "apogee" and meta["gap_config"]["noise"] is True
+    assert get_wavelength(ds).shape == (APOGEE_NPIX,)
+    flux = np.array(row["flux"], dtype=np.float32)
+    mask = np.array(row["mask"])
+    assert np.all(mask[~np.isfinite(flux)])
+    assert 200 <= row["snr"] <= 1000
+
+
+def test_rows_match_in_memory_simulation_and_batch_size(built):
+    _, ds = built
+    ids = ds["test"]["id"]
+    index = np.array([int(i.rsplit("-", 1)[1]) for i in ids])
+    labels = simulated.sample_labels(10, seed=7, prior="apogee")
+    direct = simulated.simulate_label_table({k: v[index] for k, v in labels.items()}, "observed", seed=7,
+                                            indices=index, batch_size=1)
+    np.testing.assert_array_equal(np.array(ds["test"]["flux"], dtype=np.float32), direct["flux"])
+
+
+def test_splits_are_reproducible(tmp_path, built):
+    _, ds = built
+    again = simulated.build_simulated_dataset(tmp_path / "again", "observed", n=10, seed=7, batch_size=10,
+                                              progress=False)
+    for split in ds:
+        assert ds[split]["id"] == again[split]["id"]
+        np.testing.assert_array_equal(np.array(ds[split]["FE_H"]), np.array(again[split]["FE_H"]))
+
+
+def test_synthetic_defaults_and_label_table(tmp_path):
+    labels = {"TEFF": np.array([4200.0, 5100.0, 4700.0]), "LOGG": np.array([1.6, 4.4, 2.5]),
+              "FE_H": np.array([-1.5, 0.1, -0.4]), "MG_FE": np.array([0.3, 0.0, 0.1]),
+              "O_FE": np.array([0.3, 0.0, 0.1])}
+    ds = simulated.build_simulated_dataset(tmp_path / "syn", "synthetic", n=0, labels=labels, seed=1,
+                                           splits={"train": 1.0}, progress=False)
+    assert len(ds["train"]) == 3
+    assert np.allclose(sorted(ds["train"]["FE_H"]), sorted(labels["FE_H"]), atol=1e-6)
+    assert np.all(np.isnan(ds["train"]["snr"]))
+    assert get_metadata(ds)["gap_config"]["noise"] is False
+
+
+def test_failed_build_leaves_no_output(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = simulator.simulate
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulated.sim, "simulate", failing)
+    out = tmp_path / "broken"
+    with pytest.raises(RuntimeError, match="boom"):
+        simulated.build_simulated_dataset(out, "synthetic", n=6, seed=0, batch_size=2, progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_and_bad_arguments(built, tmp_path):
+    out, _ = built
+    with pytest.raises(FileExistsError):
+        simulated.build_simulated_dataset(out, "observed", n=2, progress=False)
+    with pytest.raises(ValueError, match="universe"):
+        simulated.build_simulated_dataset(tmp_path / "x", "real", n=2, progress=False)
+    with pytest.raises(ValueError, match="n must"):
+        simulated.build_simulated_dataset(tmp_path / "x", "synthetic", n=0, progress=False)
+
+
+def test_run_simulate_cli_entry(tmp_path, capsys):
+    args = argparse.Namespace(universe="synthetic", n=3, seed=2, out=str(tmp_path / "cli"), prior=None,
+                              overwrite=False)
+    assert simulated.run_simulate(args) == 0
+    assert "synthetic" in capsys.readouterr().out
+    assert get_metadata(simulated.build_simulated_dataset(
+        tmp_path / "cli", "synthetic", n=3, seed=2, overwrite=True, progress=False))["prior"] == "wide"
