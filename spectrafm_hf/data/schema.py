@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -96,37 +96,86 @@ def get_wavelength(dataset) -> np.ndarray:
 BatchDict = Mapping[str, np.ndarray]
 
 
-# Batch sources handed to ``Dataset.from_generator`` by key: datasets fingerprints ``gen_kwargs`` by
-# pickling them, which fails for generators and is slow for closures holding large arrays.
-_PENDING_SOURCES: dict[str, Callable[[], Iterable[BatchDict]]] = {}
+def _normalise_batch(batch: BatchDict, n_pixels: int, extra_scalars: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Check one dict-of-arrays batch (leading axis = star) and return every schema column as numpy.
+
+    Missing optional columns become NaN (labels, errors, snr) or are derived (``mask`` from
+    non-finite flux). A pixel whose flux is not finite is always masked.
+    """
+    if "flux" not in batch or "id" not in batch:
+        raise ValueError(f"a batch needs at least 'id' and 'flux'; got keys {sorted(batch)}")
+    flux = np.asarray(batch["flux"], dtype=np.float32)
+    if flux.ndim != 2 or flux.shape[1] != n_pixels:
+        raise ValueError(f"batch flux must have shape (B, {n_pixels}), got {flux.shape}")
+    n = flux.shape[0]
+    flux_err = batch.get("flux_err")
+    flux_err = np.full_like(flux, np.nan) if flux_err is None else np.asarray(flux_err, dtype=np.float32)
+    mask = batch.get("mask")
+    mask = np.zeros(flux.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    if flux_err.shape != flux.shape or mask.shape != flux.shape:
+        raise ValueError(
+            f"flux_err {flux_err.shape} and mask {mask.shape} must have the shape of flux {flux.shape}"
+        )
+    ids = np.asarray(batch["id"]).astype(str)
+    if ids.shape != (n,):
+        raise ValueError(f"batch 'id' must have shape ({n},), got {ids.shape}")
+    columns = {"id": ids, "flux": flux, "flux_err": flux_err, "mask": mask | ~np.isfinite(flux)}
+    for name in (*LABELS, *(f"{l}_ERR" for l in LABELS), "snr", *extra_scalars):
+        value = batch.get(name)
+        value = np.full(n, np.nan, np.float32) if value is None else np.asarray(value, np.float32)
+        if value.shape != (n,):
+            raise ValueError(f"batch column {name!r} must have shape ({n},), got {value.shape}")
+        columns[name] = value
+    return columns
 
 
-# Rows yielded per pending source: an empty split makes ``from_generator`` raise, and the writer
-# needs to know that the generator ran and was empty (not broken) to write a 0-row split instead.
-_ROWS_YIELDED: dict[str, int] = {}
+def _arrow_table(columns: dict[str, np.ndarray], n_pixels: int):
+    """Schema columns (numpy) → a pyarrow Table, without a Python loop over rows or pixels."""
+    import pyarrow as pa
+
+    arrays = {}
+    for name, value in columns.items():
+        if name == "id":
+            arrays[name] = pa.array(value.tolist(), type=pa.string())
+        elif value.ndim == 2:  # (B, P) → fixed-size lists over one flat buffer
+            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1)), n_pixels)
+        else:
+            arrays[name] = pa.array(value)
+    return pa.table(arrays)
 
 
-def _rows_from_batches(source_key: str, n_pixels: int, extra_scalars: tuple[str, ...]) -> Iterator[dict]:
-    """Turn dict-of-arrays batches (leading axis = star) into schema rows, checking shapes."""
-    _ROWS_YIELDED[source_key] = 0
-    for batch in _PENDING_SOURCES[source_key]():
-        flux = np.asarray(batch["flux"], dtype=np.float32)
-        if flux.ndim != 2 or flux.shape[1] != n_pixels:
-            raise ValueError(f"batch flux must have shape (B, {n_pixels}), got {flux.shape}")
-        n = flux.shape[0]
-        flux_err = np.asarray(batch.get("flux_err", np.full_like(flux, np.nan)), dtype=np.float32)
-        mask = np.asarray(batch.get("mask", ~np.isfinite(flux)), dtype=bool) | ~np.isfinite(flux)
-        ids = batch["id"]
-        scalars = {}
-        for name in (*LABELS, *(f"{l}_ERR" for l in LABELS), "snr", *extra_scalars):
-            value = batch.get(name)
-            scalars[name] = np.full(n, np.nan, np.float32) if value is None else np.asarray(value, np.float32)
-        for i in range(n):
-            row = {"id": str(ids[i]), "flux": flux[i], "flux_err": flux_err[i], "mask": mask[i]}
-            for name, column in scalars.items():
-                row[name] = column[i]
-            _ROWS_YIELDED[source_key] += 1
-            yield row
+def _write_split(split_dir: Path, name: str, batches: Iterable[BatchDict], features, description: str,
+                 extra_scalars: tuple[str, ...]) -> int:
+    """Write one split in the ``Dataset.save_to_disk`` layout, one batch at a time; return its rows."""
+    import uuid
+
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.arrow_writer import ArrowWriter
+
+    split_dir.mkdir(parents=True)
+    shard = "data-00000-of-00001.arrow"
+    n_pixels = features["flux"].length
+    writer = ArrowWriter(features=features, path=str(split_dir / shard))
+    try:
+        for batch in batches:
+            writer.write_table(_arrow_table(_normalise_batch(batch, n_pixels, extra_scalars), n_pixels))
+    finally:
+        n_rows, n_bytes = writer.finalize()
+    info = DatasetInfo(description=description, features=features,
+                       splits=SplitDict())
+    info.splits.add(SplitInfo(name=name, num_bytes=n_bytes, num_examples=n_rows))
+    info.write_to_directory(str(split_dir))
+    state = {
+        "_data_files": [{"filename": shard}],
+        "_fingerprint": uuid.uuid4().hex[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": name,
+    }
+    (split_dir / "state.json").write_text(json.dumps(state, indent=2))
+    return n_rows
 
 
 def write_dataset(
@@ -139,19 +188,23 @@ def write_dataset(
 ):
     """Stream batches into a ``DatasetDict`` saved at ``out_dir`` and return it (memory-mapped).
 
+    Each batch is converted column-wise to Arrow and appended to the split's shard, so peak memory is
+    one batch whatever the number of spectra, and nothing is written twice. The result is the
+    ``DatasetDict.save_to_disk`` layout, read back with ``datasets.load_from_disk``.
+
     Args:
-        out_dir: destination folder (``DatasetDict.save_to_disk`` layout).
+        out_dir: destination folder.
         split_batches: split name → zero-argument callable returning an iterable of batches. A batch
             is a dict of arrays with leading axis B: ``id`` (B,), ``flux`` (B, P) and optionally
             ``flux_err``, ``mask``, label, ``<LABEL>_ERR``, ``snr`` and extra scalar columns.
-            Callables (not iterators) so each split is generated lazily, once.
+            Callables (not iterators) so each split is generated lazily, once. An exception raised
+            by a source propagates unchanged and leaves no ``out_dir`` behind.
         wavelength: vacuum Å, shape (P,).
         metadata: JSON-able provenance (source, seed, universe, ...) stored with the grid.
         extra_scalars: names of extra float32 columns present in the batches.
         overwrite: replace an existing ``out_dir``; otherwise an existing folder is an error.
     """
-    from datasets import Dataset, DatasetDict, DatasetInfo, load_from_disk
-    from datasets.exceptions import DatasetGenerationError
+    from datasets import load_from_disk
 
     out_dir = Path(out_dir)
     wavelength = np.asarray(wavelength, dtype=np.float64)
@@ -164,47 +217,17 @@ def write_dataset(
     description = _encode_metadata(wavelength, metadata)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a hidden sibling and rename into place only when complete: an interrupted or failed
+    # build never leaves a folder that looks like a valid dataset.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        splits = {}
+        final = staging / "final"
         for name, make_batches in split_batches.items():
-            key = f"{staging.name}/{name}"
-            _PENDING_SOURCES[key] = make_batches
-            try:
-                splits[name] = Dataset.from_generator(
-                    _rows_from_batches,
-                    gen_kwargs={"source_key": key, "n_pixels": len(wavelength), "extra_scalars": extra_scalars},
-                    features=features,
-                    info=DatasetInfo(description=description),
-                    cache_dir=str(staging / "cache" / name),  # one cache per split: no cross-split reuse
-                    writer_batch_size=256,
-                    split=name,
-                )
-            except DatasetGenerationError as err:
-                # datasets wraps whatever the batch source raised; re-raise the original so callers
-                # see the source's own ValueError (naming the file / the bad shape), not a wrapper.
-                raise (err.__cause__ or err)
-            except ValueError:
-                if _ROWS_YIELDED.get(key) != 0:
-                    raise
-                # The source ran and yielded nothing (e.g. every file of a small split was bad):
-                # keep the split, with 0 rows, so every dataset has the same split names.
-                splits[name] = Dataset.from_dict(
-                    {column: [] for column in features}, features=features,
-                    info=DatasetInfo(description=description, features=features), split=name,
-                )
-            finally:
-                _PENDING_SOURCES.pop(key, None)
-                _ROWS_YIELDED.pop(key, None)
-        # An empty split would otherwise be saved with 0 shards, which load_from_disk cannot read back.
-        empty_shards = {name: 1 for name, split in splits.items() if len(split) == 0}
-        DatasetDict(splits).save_to_disk(
-            str(staging / "final"), num_shards=empty_shards or None
-        )
-        del splits
+            _write_split(final / name, name, make_batches(), features, description, extra_scalars)
+        (final / "dataset_dict.json").write_text(json.dumps({"splits": list(split_batches)}))
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        os.replace(staging / "final", out_dir)
+        os.replace(final, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_from_disk(str(out_dir))
@@ -231,15 +254,17 @@ def dataset_in_memory(
     info = DatasetInfo(description=_encode_metadata(wavelength, metadata), features=features)
     splits = {}
     for name, make_batches in split_batches.items():
-        key = f"in-memory-{id(make_batches)}/{name}"
-        _PENDING_SOURCES[key] = make_batches
-        try:
-            rows = list(_rows_from_batches(key, len(wavelength), extra_scalars))
-        finally:
-            _PENDING_SOURCES.pop(key, None)
-            _ROWS_YIELDED.pop(key, None)
-        columns = {column: [row[column] for row in rows] for column in features}
-        splits[name] = Dataset.from_dict(columns, features=features, info=info, split=name)
+        tables = [_arrow_table(_normalise_batch(b, len(wavelength), extra_scalars), len(wavelength))
+                  for b in make_batches()]
+        if tables:
+            import pyarrow as pa
+
+            from datasets.table import table_cast
+
+            table = table_cast(pa.concat_tables(tables), features.arrow_schema)
+            splits[name] = Dataset(table, info=info.copy(), split=name)
+        else:
+            splits[name] = Dataset.from_dict({c: [] for c in features}, features=features, info=info.copy(), split=name)
     return DatasetDict(splits)
 
 
