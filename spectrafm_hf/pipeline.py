@@ -163,8 +163,14 @@ def _stage_spec(config: Mapping, name: str, defaults: Mapping):
     return StageSpec.from_dict(name, values)
 
 
-def run_pipeline(args) -> int:
-    """Entry point of ``spectrafm pipeline`` (args: config, out, seed, stage3_trainer)."""
+def run_pipeline(args, stop_after: str | None = None) -> int:
+    """Entry point of ``spectrafm pipeline`` (args: config, out, seed, stage3_trainer).
+
+    ``stop_after`` ("stage1", "stage2", "stage3"): train up to that stage and return (the thin
+    ``training/stage<k>.py`` entry points for ``accelerate launch``); finished stages are reused.
+    """
+    from accelerate import PartialState
+
     from .data.schema import LABELS
     from .training import baselines as bl
     from .training import evaluation as ev
@@ -186,8 +192,15 @@ def run_pipeline(args) -> int:
         torch.set_num_threads(int(threads))
 
     # ---- data ----------------------------------------------------------------------------
+    if stop_after not in (None, "stage1", "stage2", "stage3"):
+        raise ValueError(f"stop_after must be stage1, stage2 or stage3, got {stop_after!r}")
     with timer.step("data (simulate or load cache)"):
-        datasets = prepare_data(config, out)
+        # Under accelerate launch: simulate once, the other processes load the cache. (cpu= from the
+        # launcher's env, or a CPU-only PartialState created here would ignore the process group.)
+        from accelerate.utils import parse_flag_from_env
+
+        with PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).main_process_first():
+            datasets = prepare_data(config, out)
         fe_win, half, full = WINDOWS["fe_window"], WINDOWS["first_half"], WINDOWS["all"]
         synthetic_train = window_data(datasets["synthetic"]["train"], full)
         synthetic_val = window_data(datasets["synthetic"]["validation"], full)
@@ -232,6 +245,8 @@ def run_pipeline(args) -> int:
             card=_card("stage1", LABELS, f"{len(synthetic_train)} simulated synthetic spectra (wide prior), all 7514 "
                        "pixels, all five labels", full),
         )
+    if stop_after == "stage1":
+        return 0
     spec2 = _stage_spec(config, "stage2", {"window": "first_half", "request": "random", **common})
     with timer.step("stage 2 (observed, first half)"):
         results["stage2"] = run_stage(
@@ -240,6 +255,8 @@ def run_pipeline(args) -> int:
             card=_card("stage2", LABELS, f"{len(observed_train)} simulated observed spectra (APOGEE-like prior), "
                        "pixels 0–3756, all five labels; initialised from stage 1", half, base_model=str(out / "stage1")),
         )
+    if stop_after == "stage2":
+        return 0
     rehearsal_data = cut(synthetic_train, fe_win) if int(s3.get("rehearsal", 0)) else None
     stage3_defaults = {"window": "fe_window", "request": ["FE_H"], "freeze_decoder": True,
                        "freeze_encoder_blocks": [1], "select_on": "val_rmse_FE_H", **common}
@@ -257,6 +274,8 @@ def run_pipeline(args) -> int:
 
             results["stage3"] = run_stage_with_trainer(spec3, stage3_train, stage3_val, out / "stage3",
                                                        init=out / "stage2", seed=seed, card=stage3_card)
+    if stop_after == "stage3":
+        return 0
     if s3.get("from_stage1"):
         with timer.step("stage 3 from stage 1 (no stage 2)"):
             results["stage3_from_stage1"] = run_stage(
@@ -318,9 +337,11 @@ def run_pipeline(args) -> int:
         # stage 2 on its own pixels, all five labels (variance scale fitted on its validation stars)
         model, fe = load_model(out / "stage2")
         test_half = cut(test, half)
-        stage2_test = predict(model, fe, test_half, LABELS, batch)
+        # The 3757-pixel half in one context costs O(P²) per star: chunk it (config stage2_eval_context).
+        context = config.get("stage2_eval_context", 512)
+        stage2_test = predict(model, fe, test_half, LABELS, batch, context=context)
         val_half = cut(subset(observed_val, np.arange(min(len(observed_val), 500))), half)
-        stage2_val = predict(model, fe, val_half, LABELS, batch)
+        stage2_val = predict(model, fe, val_half, LABELS, batch, context=context)
         models_meta["stage2"] = {"pixels": [half.start, half.stop - 1], "labels": {
             label: ev.evaluate_label(stage2_test[label][0], stage2_test[label][1], test.labels[label], true_feh,
                                      stage2_val[label][0], stage2_val[label][1], val_half.labels[label])

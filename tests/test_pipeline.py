@@ -1,0 +1,65 @@
+"""`spectrafm pipeline` end to end on the tiny config (training/configs/tiny.yaml): tiny simulated data,
+three stages, baselines, evaluation, attention, report. Checks the run folder, not the science."""
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from spectrafm_hf.pipeline import load_config, run_pipeline, stage3_draw
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = yaml.safe_load((REPO / "training" / "configs" / "tiny.yaml").read_text())
+    config["data"]["cache_dir"] = str(tmp / "cache")
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp / "run"
+    assert run_pipeline(SimpleNamespace(config=str(path), out=str(out), seed=None, stage3_trainer=None)) == 0
+    return path, out
+
+
+def test_pipeline_writes_checkpoints_metrics_and_report(tiny_run):
+    _, out = tiny_run
+    for stage in ("stage1", "stage2", "stage3"):
+        assert (out / stage / "model.safetensors").exists() and (out / stage / "README.md").exists()
+    assert (out / "scratch_transformer" / "model.safetensors").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("stage3", "scratch_mlp", "ridge", "cannon", "scratch_transformer", "stage2_zero_shot"):
+        bins = metrics["models"][model]["labels"]["FE_H"]["bins"]
+        assert set(bins) == {"all", "feh_ge_-1", "feh_lt_-1", "feh_lt_-1.5"}
+        assert bins["feh_lt_-1"]["n"] >= 12  # the iron-poor supplement is in the test set
+    assert set(metrics["models"]["stage2"]["labels"]) == {"TEFF", "LOGG", "FE_H", "MG_FE", "O_FE"}
+    assert "rmse_feh_lt_-1" in metrics["stage3"]["FE_H"]  # the cards' flat form
+    assert metrics["attention"]["profiles"]["FE_H"]["n_lines"] > 0
+    assert "iron-poor RMSE stage3 / scratch MLP" in metrics["acceptance"]
+    report = (out / "report.md").read_text()
+    assert "pred_vs_true_feh.png" in report and (out / "pred_vs_true_feh.png").exists()
+    assert set(json.loads((out / "timings.json").read_text())) >= {"stage 1 (synthetic pre-training)", "evaluation"}
+
+
+def test_rerun_reuses_finished_stages_and_cached_data(tiny_run):
+    path, out = tiny_run
+    assert run_pipeline(SimpleNamespace(config=str(path), out=str(out), seed=None, stage3_trainer=None)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(entry["skipped"] for entry in metrics["training"].values())
+
+
+def test_stage3_trainer_option_and_config_errors(tiny_run, tmp_path):
+    path, out = tiny_run
+    run = tmp_path / "trainer_run"
+    shutil.copytree(out / "stage1", run / "stage1")
+    shutil.copytree(out / "stage2", run / "stage2")
+    assert run_pipeline(SimpleNamespace(config=str(path), out=str(run), seed=None, stage3_trainer="transformers")) == 0
+    assert json.loads((run / "stage3" / "stage_complete.json").read_text())["trainer"] == "transformers"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="iron-rich"):
+        stage3_draw(__import__("numpy").array([-2.0, -1.5, 0.1]), 2, seed=0)
