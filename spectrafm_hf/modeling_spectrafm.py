@@ -297,7 +297,14 @@ class SpectraFMPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        super()._init_weights(module)  # Linear: N(0, initializer_range), zero bias; LayerNorm: 1, 0
+        super()._init_weights(module)  # LayerNorm: 1, 0
+        if isinstance(module, nn.Linear):
+            # PyTorch's own Linear initialisation (what the original model trained with): its scale
+            # follows the fan-in, so a d = 32 test model is as well conditioned as the d = 256 one. A fixed
+            # N(0, 0.02) starves narrow models: their outputs then ignore the input for hundreds of steps.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
         if isinstance(module, SpectraFMEmbeddings):
             # Unit-scale rows: act(w·x + b) then competes with the unit-amplitude wavelength encoding.
             init.normal_(module.weight, mean=0.0, std=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -15,8 +16,12 @@ class SpectraFMCollator:
 
     Each call draws, for every star, its own random subset of its valid pixels (``context_length``
     of them) and, with ``request="random"``, one random label among those the star has (missing
-    labels are never requested). Randomness is a function of ``seed`` and the call number, so a run
-    is reproducible (with ``dataloader_num_workers > 0`` each worker counts its own calls).
+    labels are never requested).
+
+    Randomness is a function of ``seed`` and the batch: of the rows' ``id`` values in batch order
+    when rows carry an ``id`` (the schema's), else of the call number. So shuffled training batches
+    get fresh draws every step, the (unshuffled) evaluation batches get the SAME draws at every
+    evaluation, making eval losses comparable, and dataloader workers or resuming change nothing.
 
     Args:
         feature_extractor: a fitted :class:`SpectraFMFeatureExtractor`.
@@ -107,7 +112,11 @@ class SpectraFMCollator:
         labels = {n: column(n) for n in label_names}
         label_errors = {n: column(f"{n}_ERR") for n in label_names if f"{n}_ERR" in rows[0]}
         scalars = {n: column(n) for n in self.input_names}
-        generator = np.random.default_rng([self.seed, self.step])
+        if "id" in rows[0]:
+            key = zlib.crc32("\x00".join(str(r["id"]) for r in rows).encode())
+        else:
+            key = 2**32 + self.step  # no ids: the call number (never equal to a crc32)
+        generator = np.random.default_rng([self.seed, key])
         self.step += 1
         prepared = fe.prepare(self.wavelength, flux, mask=mask, scalars=scalars or None, warn=False)
         return fe.tokenize(
