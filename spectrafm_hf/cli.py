@@ -40,6 +40,12 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--prior", choices=["apogee", "wide"], default=None,
                        help="label prior (default: wide for synthetic, apogee for observed)")
         p.add_argument("--overwrite", action="store_true")
+        p.add_argument("--batch-size", type=int, default=256, help="stars simulated at once (results do not depend on it)")
+        p.add_argument("--snr-min", type=float, default=None, help="observed universe: lowest SNR (log-uniform draw)")
+        p.add_argument("--snr-max", type=float, default=None, help="observed universe: highest SNR")
+        p.add_argument("--gap-off", action="append", default=[], metavar="SWITCH",
+                       help="observed universe: turn one gap term off (repeatable), e.g. --gap-off telluric")
+        p.add_argument("--no-progress", action="store_true")
     elif name == "build-apogee":
         p.add_argument("--spectra-dir", required=True, help="folder of aspcapStar/apStar files")
         p.add_argument("--allstar", default=None, help="allStar catalogue FITS (labels, cuts)")
@@ -48,6 +54,9 @@ def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--paper-cuts", action="store_true", help="apply the paper's sample cuts")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true")
+        p.add_argument("--bad-bits", default=None,
+                       help="apStar APOGEE_PIXMASK bits treated as bad, comma-separated (default 0-7,12)")
+        p.add_argument("--no-progress", action="store_true")
     elif name == "pipeline":
         p.add_argument("--config", required=True, help="YAML config, e.g. training/configs/quickstart.yaml")
         p.add_argument("--out", required=True, help="run folder")

@@ -742,11 +742,30 @@ def _write_report(path: Path, files, n_used, bad, excluded, cut_summary, kind, n
     path.write_text(json.dumps(report, indent=1))
 
 
+def _parse_bits(text: str) -> tuple[int, ...]:
+    """'0-7,12' → (0, 1, ..., 7, 12); a clear error for anything else."""
+    bits = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                bits.extend(range(lo, hi + 1))
+            else:
+                bits.append(int(part))
+        except ValueError:
+            raise ValueError(f"--bad-bits: cannot parse {part!r} in {text!r}; use e.g. '0-7,12'") from None
+    if any(not 0 <= b < 32 for b in bits):
+        raise ValueError(f"--bad-bits: APOGEE_PIXMASK bits are 0..31, got {text!r}")
+    return tuple(sorted(set(bits)))
+
+
 def run_build_apogee(args) -> int:
     """``spectrafm build-apogee``: args ``spectra_dir, allstar, kind, out, paper_cuts, seed, overwrite``."""
     dataset = build_apogee_dataset(
         args.spectra_dir, args.out, allstar=args.allstar, kind=args.kind, paper_cuts=args.paper_cuts,
-        seed=args.seed, overwrite=args.overwrite,
+        seed=args.seed, overwrite=args.overwrite, progress=not getattr(args, "no_progress", False),
+        **({"bad_bits": _parse_bits(args.bad_bits)} if getattr(args, "bad_bits", None) else {}),
     )
     report = json.loads((Path(args.out) / "bad_files.json").read_text())
     sizes = ", ".join(f"{name}: {len(split)}" for name, split in dataset.items())

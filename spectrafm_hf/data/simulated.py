@@ -182,9 +182,26 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def run_simulate(args) -> int:
-    """``spectrafm simulate --universe U --n N --seed S --out DIR [--prior P] [--overwrite]``."""
+    """``spectrafm simulate --universe U --n N --seed S --out DIR [--prior P] [--gap-off T ...]``."""
+    gap_config = None
+    gap_off = list(getattr(args, "gap_off", None) or [])
+    snr_min, snr_max = getattr(args, "snr_min", None), getattr(args, "snr_max", None)
+    if gap_off or snr_min is not None or snr_max is not None:
+        if args.universe != "observed":
+            raise ValueError("--gap-off/--snr-min/--snr-max apply to --universe observed only")
+        gap_config = sim.GapConfig().without(*gap_off)
+        lo, hi = gap_config.snr_range
+        lo, hi = (snr_min if snr_min is not None else lo), (snr_max if snr_max is not None else hi)
+        if not 0 < lo <= hi:
+            raise ValueError(f"need 0 < --snr-min <= --snr-max, got {lo} and {hi}")
+        from dataclasses import replace
+
+        gap_config = replace(gap_config, snr_range=(lo, hi))
     dataset = build_simulated_dataset(args.out, universe=args.universe, n=args.n, seed=args.seed,
-                                      prior=getattr(args, "prior", None), overwrite=getattr(args, "overwrite", False))
+                                      prior=getattr(args, "prior", None), gap_config=gap_config,
+                                      batch_size=getattr(args, "batch_size", 256),
+                                      progress=not getattr(args, "no_progress", False),
+                                      overwrite=getattr(args, "overwrite", False))
     sizes = ", ".join(f"{name} {len(split)}" for name, split in dataset.items())
     print(f"wrote {args.out}: {args.universe} universe, {sizes} spectra")
     return 0
