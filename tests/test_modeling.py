@@ -220,3 +220,49 @@ def test_paper_size_parameter_count():
     model = SpectraFMModel(SpectraFMConfig())
     # the original's 11.87 M minus its 3.85 M never-used embedding rows (7520 × 256 × 2)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(11.87e6 - 3.85e6, rel=0.01)
+
+
+_MEMORY_PROBE = """
+import sys, torch
+from spectrafm_hf import SpectraFMConfig, SpectraFMModel
+
+def rss_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+torch.set_num_threads(1)
+attention, B, L = sys.argv[1], int(sys.argv[2]), 2000
+config = SpectraFMConfig.tiny(encoder_heads=[16, 16], decoder_heads=[16, 16, 16])
+model = SpectraFMModel(config).eval()
+model.set_attn_implementation(attention)
+ids = torch.ones(B, L, dtype=torch.long)
+mask = torch.ones(B, L, dtype=torch.long)
+mask[:, 1700:] = 0  # padding: the attention gets a mask
+inputs = dict(input_ids=ids, input_values=torch.randn(B, L), input_wavelength=torch.linspace(15100, 16900, L).expand(B, L),
+              attention_mask=mask, query_ids=torch.full((B, 2), 4))
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+before = rss_mb("VmRSS")
+with torch.inference_mode():
+    model(**inputs)
+print(rss_mb("VmHWM") - before)
+"""
+
+
+def _peak_growth_mb(attention: str, batch: int) -> float:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, attention, str(batch)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_sdpa_with_a_padding_mask_never_materialises_the_attention_matrix():
+    """One B×H×L×L float32 matrix at B = 4 would be 4 × 16 × 2001² × 4 B = 1 GB; SDPA's peak growth must
+    stay far below. Control: eager attention at B = 1 (0.26 GB per matrix) is seen by the same probe."""
+    assert _peak_growth_mb("sdpa", 4) < 150
+    assert _peak_growth_mb("eager", 1) > 200
