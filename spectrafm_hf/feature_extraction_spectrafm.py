@@ -406,24 +406,22 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         return PreparedSpectra(wavelength, values, valid, scalars_z)
 
     def _check_units(self, wavelength: np.ndarray) -> None:
+        """``ValueError`` for wavelengths that look like µm or nm: µm if every value is below 100 (no
+        spectrum lies below 100 Å), or if ×1e4 lands in the trained range and the values do not; nm if
+        ×10 lands in the trained range and the values do not, or if they lie within 300–2600 (the
+        optical/near-IR in nm; the far UV in Å) outside any trained range."""
         lo, hi = float(wavelength.min()), float(wavelength.max())
         if lo <= 0:
             raise ValueError(f"wavelengths must be positive (vacuum Å), got a minimum of {lo}")
+        trained = self.trained_wavelength_range
 
-        def overlaps(a, b):
-            t_lo, t_hi = self.trained_wavelength_range
-            return a <= t_hi and b >= t_lo
+        def in_trained(a, b):
+            return trained is not None and a <= trained[1] and b >= trained[0]
 
-        for factor, unit in ((1e4, "micrometres (µm)"), (10.0, "nanometres (nm)")):
-            if self.trained_wavelength_range is not None:
-                suspicious = overlaps(lo * factor, hi * factor) and not overlaps(lo, hi)
-            elif factor == 1e4:
-                suspicious = hi < 100.0
-            else:
-                suspicious = lo >= 300.0 and hi <= 2600.0
-            if factor == 1e4:
-                suspicious = suspicious or hi < 100.0
-            if suspicious:
+        looks_um = hi < 100.0 or (in_trained(lo * 1e4, hi * 1e4) and not in_trained(lo, hi))
+        looks_nm = not in_trained(lo, hi) and (in_trained(lo * 10, hi * 10) or (lo >= 300.0 and hi <= 2600.0))
+        for looks, factor, unit in ((looks_um, 1e4, "micrometres (µm)"), (looks_nm, 10.0, "nanometres (nm)")):
+            if looks:
                 raise ValueError(
                     f"wavelengths {lo:g}–{hi:g} look like {unit}, but SpectraFM needs vacuum Ångström; "
                     f"multiply them by {factor:g}"

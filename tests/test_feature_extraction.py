@@ -253,3 +253,19 @@ def test_pixels_outside_the_trained_range_warn_with_the_count_then_predict(featu
 def test_an_unfitted_extractor_says_how_to_fit(toy):
     with pytest.raises(ValueError, match="call fit"):
         SpectraFMFeatureExtractor()(toy["wavelength"], toy["flux"])
+
+
+def test_nanometre_check_with_a_trained_range_outside_the_optical(feature_extractor):
+    flux = np.ones((1, 100))
+    with pytest.raises(ValueError, match="nanometres"):  # Gaia RVS in nm, model trained in the H band
+        feature_extractor(np.linspace(846.0, 870.0, 100), flux)
+
+
+def test_per_star_wavelength_grids_equal_a_shared_grid(feature_extractor, toy):
+    shared = feature_extractor(toy["wavelength"], toy["flux"], request=["FE_H"])
+    per_star = feature_extractor(np.tile(toy["wavelength"], (12, 1)), toy["flux"], request=["FE_H"])
+    assert all(torch.equal(shared[k], per_star[k]) for k in shared)
+    shifted = toy["wavelength"][None] * (1 + 1e-4 * np.arange(12)[:, None])  # e.g. not rest-frame shifted
+    with pytest.warns(UserWarning, match="outside the model's trained wavelength range"):
+        batch = feature_extractor(shifted, toy["flux"], request=["FE_H"])
+    np.testing.assert_allclose(batch["input_wavelength"][5].numpy(), shifted[5], rtol=1e-7)
