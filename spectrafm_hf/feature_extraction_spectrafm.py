@@ -273,28 +273,30 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
                     labels[name] = data[name]
         if flux is None or wavelength is None:
             raise ValueError("fit needs a dataset, or wavelength= and flux= arrays")
-        flux = _numpy(flux, np.float64)
+        flux = flux if hasattr(flux, "shape") else np.asarray(flux)  # keeps memory maps and tensors as they are
         if flux.ndim == 1:
             flux = flux[None]
-        if flux.shape[0] > max_spectra:
-            flux_index = np.sort(rng.choice(flux.shape[0], size=max_spectra, replace=False))
-        else:
-            flux_index = slice(None)
+        if mask is not None and not hasattr(mask, "shape"):
+            mask = np.asarray(mask)
+        # Subsample before converting: a memory-mapped (100k, 7514) float32 array must not become float64.
+        index = slice(None)
+        if len(flux) > max_spectra:
+            index = np.sort(rng.choice(len(flux), size=max_spectra, replace=False))
+        flux = _numpy(flux[index], np.float64)
         wavelength = _numpy(wavelength, np.float64)
+        grid = np.broadcast_to(wavelength if wavelength.ndim == 1 else wavelength[index], flux.shape)
         valid = np.isfinite(flux)
         if mask is not None:
-            valid &= ~_numpy(mask, bool).reshape(flux.shape)
-        valid = valid[flux_index]
+            valid &= ~_numpy(mask[index], bool).reshape(flux.shape)
         if not valid.any():
             raise ValueError("fit: every flux value is masked or non-finite; nothing to compute statistics from")
-        training_flux = flux[flux_index][valid]
+        training_flux = flux[valid]
         lo, hi = np.quantile(training_flux, [1e-4, 1.0 - 1e-4])
         trimmed = training_flux[(training_flux >= lo) & (training_flux <= hi)]
         self.flux_median = float(np.median(training_flux))
         self.flux_std = float(np.std(trimmed)) or 1.0
         extremes = (np.array([lo, hi]) - self.flux_median) / self.flux_std
         self.flux_outlier_threshold = float(max(self.outlier_threshold, 2.0 * np.abs(extremes).max()))
-        grid = np.broadcast_to(wavelength, flux.shape)[flux_index]
         self.trained_wavelength_range = [float(grid[valid].min()), float(grid[valid].max())]
         for name, values in labels.items():
             self.token_id(name)
