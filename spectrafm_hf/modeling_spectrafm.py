@@ -136,7 +136,11 @@ class SpectraFMAttention(nn.Module):
     Parameters follow ``nn.MultiheadAttention``: ``in_proj`` (3d ← d, q/k/v stacked), ``out_proj``,
     ``bias_k`` and ``bias_v`` (1, 1, d). The bias key/value is appended as the LAST key position and
     is never masked, so every query has at least one key even if all its tokens were masked.
-    The attention kernel is SDPA unless the model is set to eager or weights are requested.
+    The attention kernel is SDPA unless the model is set to eager or weights are requested. The
+    padding mask goes to SDPA as a broadcast (B, 1, 1, L + 1) boolean, never expanded; with it the
+    CPU kernel keeps memory O(L) (measured: all 7514 APOGEE pixels at batch 8 peak at 1.6 GB RSS at
+    paper size, ``benchmarks/bench_model.py``; eager would need 29 GB per B×H×L×L matrix; not
+    measured on CUDA).
     """
 
     is_causal = False
