@@ -17,7 +17,8 @@ between raw arrays and the model:
   combined afterwards by :meth:`combine_chunks`;
 * conversion of predictions back to physical units (:meth:`to_physical`).
 
-This file travels to the Hugging Face Hub as remote code: it imports only numpy and transformers.
+This file travels to the Hugging Face Hub as remote code: it imports only numpy, transformers and its
+sibling ``configuration_spectrafm`` (for the default vocabulary).
 """
 
 import json
@@ -28,14 +29,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-DEFAULT_NAMED_TOKENS = ("TEFF", "LOGG", "FE_H", "MG_FE", "O_FE")
-PAPER_LABEL_STATISTICS = {
-    "TEFF": [4702.5, 544.0],
-    "LOGG": [2.478, 1.308],
-    "FE_H": [-0.159, 0.287],
-    "MG_FE": [0.0670, 0.0849],
-    "O_FE": [0.0876, 0.0836],
-}
+from .configuration_spectrafm import DEFAULT_NAMED_TOKENS, PAPER_LABEL_STATISTICS
+
 PAD_ID, PIXEL_ID, FIRST_NAMED_ID = 0, 1, 2
 MAD_TO_STD = 1.482602218505602  # σ of a Gaussian / its median absolute deviation
 
