@@ -237,13 +237,15 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     results = {}
 
     # ---- stages ---------------------------------------------------------------------------
+    stage_cards: dict[str, Any] = {}  # stage folder → CardInfo, re-rendered with metrics at the end
     spec1 = _stage_spec(config, "stage1", {"window": "all", "request": "random", **common})
     with timer.step("stage 1 (synthetic pre-training)"):
         results["stage1"] = run_stage(
             spec1, synthetic_train, subset(synthetic_val, np.arange(min(len(synthetic_val), 256))), out / "stage1",
             model_config=model_config, seed=seed,
-            card=_card("stage1", LABELS, f"{len(synthetic_train)} simulated synthetic spectra (wide prior), all 7514 "
-                       "pixels, all five labels", full),
+            card=stage_cards.setdefault("stage1", _card(
+                "stage1", LABELS, f"{len(synthetic_train)} simulated synthetic spectra (wide prior), all 7514 "
+                "pixels, all five labels", full)),
         )
     if stop_after == "stage1":
         return 0
@@ -252,8 +254,9 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
         results["stage2"] = run_stage(
             spec2, cut(observed_train, half), cut(subset(observed_val, np.arange(min(len(observed_val), 256))), half),
             out / "stage2", init=out / "stage1", seed=seed,
-            card=_card("stage2", LABELS, f"{len(observed_train)} simulated observed spectra (APOGEE-like prior), "
-                       "pixels 0–3756, all five labels; initialised from stage 1", half, base_model=str(out / "stage1")),
+            card=stage_cards.setdefault("stage2", _card(
+                "stage2", LABELS, f"{len(observed_train)} simulated observed spectra (APOGEE-like prior), "
+                "pixels 0–3756, all five labels; initialised from stage 1", half, base_model=str(out / "stage1"))),
         )
     if stop_after == "stage2":
         return 0
@@ -265,6 +268,7 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     stage3_card = _card("stage3", ["FE_H"], f"{n_stage3} simulated observed stars with [Fe/H] > −1, pixels 4107–4618, "
                         "FE_H only; decoder and encoder block 2 frozen; initialised from stage 2", fe_win,
                         base_model=str(out / "stage2"))
+    stage_cards["stage3"] = stage3_card
     with timer.step(f"stage 3 ([Fe/H] window, {trainer_kind})"):
         if trainer_kind == "accelerate":
             results["stage3"] = run_stage(spec3, stage3_train, stage3_val, out / "stage3", init=out / "stage2",
@@ -404,8 +408,25 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     rp.write_metrics(out / "metrics.json", metrics)
     rp.write_report(out, metrics, figures)
     (out / "timings.json").write_text(json.dumps(timer.seconds, indent=2))
+    _render_cards_with_metrics(out, stage_cards, metrics)
     print(f"[pipeline] report: {out / 'report.md'}; total {sum(timer.seconds.values()):.0f} s", flush=True)
     return 0
+
+
+def _render_cards_with_metrics(out: Path, stage_cards: Mapping[str, Any], metrics: Mapping) -> None:
+    """Re-write each stage folder's README.md now that the test metrics exist (model-index included).
+
+    Cards are first written when a stage is saved, before anything is measured; this second
+    rendering adds exactly the numbers in ``metrics.json`` and nothing else.
+    """
+    from dataclasses import replace
+
+    from .hub.cards import render_card, stage_metrics
+
+    for folder, card in stage_cards.items():
+        if (out / folder).is_dir():
+            measured, eval_info = stage_metrics(metrics, folder)
+            render_card(replace(card, metrics=measured or None, eval_info=eval_info)).save(out / folder / "README.md")
 
 
 def acceptance_checks(models: Mapping) -> dict:

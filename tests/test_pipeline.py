@@ -45,6 +45,24 @@ def test_pipeline_writes_checkpoints_metrics_and_report(tiny_run):
     assert set(json.loads((out / "timings.json").read_text())) >= {"stage 1 (synthetic pre-training)", "evaluation"}
 
 
+def test_stage_cards_carry_the_measured_metrics(tiny_run):
+    """After evaluation every stage's README.md has a model-index with exactly metrics.json's numbers,
+    and a local parent folder is named in the prose, never turned into a Hub link or base_model."""
+    from huggingface_hub import ModelCard
+
+    _, out = tiny_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    card = ModelCard.load(out / "stage3" / "README.md")
+    results = {(r.metric_config, r.metric_name): r.metric_value for r in card.data.eval_results}
+    fe_h = [value for (config, _), value in results.items() if config == "FE_H"]
+    assert metrics["stage3"]["FE_H"]["rmse"] in fe_h
+    assert metrics["stage3"]["FE_H"]["rmse_feh_lt_-1"] in fe_h
+    assert card.data.base_model is None
+    assert "huggingface.co/" + str(out) not in card.text and "local folder" in card.text
+    stage2 = ModelCard.load(out / "stage2" / "README.md")
+    assert {r.metric_config for r in stage2.data.eval_results} == {"TEFF", "LOGG", "FE_H", "MG_FE", "O_FE"}
+
+
 def test_rerun_reuses_finished_stages_and_cached_data(tiny_run):
     path, out = tiny_run
     assert run_pipeline(SimpleNamespace(config=str(path), out=str(out), seed=None, stage3_trainer=None)) == 0

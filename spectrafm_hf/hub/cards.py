@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -313,6 +314,23 @@ def _coverage(info: CardInfo) -> str:
     return text
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(name: str | None) -> bool:
+    """True for an ``org/name`` Hub repo id; False for a local folder such as ``runs/x/stage2``."""
+    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _base_model_ref(base_model: str | None) -> str:
+    """Markdown for the parent checkpoint: a Hub link for a repo id, the folder name otherwise."""
+    if not base_model:
+        return ""
+    if is_hub_id(base_model):
+        return f"[`{base_model}`](https://huggingface.co/{base_model})"
+    return f"(local folder `{base_model}`)"
+
+
 def render_card(info: CardInfo) -> ModelCard:
     """Render the card of one checkpoint: YAML metadata (library, tags, licence, lineage, datasets,
     model-index with the measured metrics) + the stage's prose template."""
@@ -322,7 +340,8 @@ def render_card(info: CardInfo) -> ModelCard:
         library_name="transformers",
         license=info.license,
         tags=list(dict.fromkeys(tags)),
-        base_model=info.base_model,
+        # Hub metadata only takes repo ids; a local parent folder is named in the prose instead.
+        base_model=info.base_model if is_hub_id(info.base_model) else None,
         datasets=list(info.datasets) or None,
         model_name=info.repo_id or STAGE_TITLES[info.stage],
         eval_results=_eval_results(info) or None,
@@ -332,7 +351,7 @@ def render_card(info: CardInfo) -> ModelCard:
         data,
         template_path=str(template_path(info.stage)),
         title=STAGE_TITLES[info.stage],
-        base_model=info.base_model,
+        base_model_ref=_base_model_ref(info.base_model),
         label_lines=_label_lines(info.labels),
         coverage=_coverage(info),
         training_data=info.training_data.strip(),
