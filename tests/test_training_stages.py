@@ -79,3 +79,47 @@ def test_stage_spec_errors():
     spec = StageSpec.from_dict("stage3", {"window": "fe_window", "request": ["FE_H"], "batch_size": 8,
                                           "context_length": 8, "max_steps": 3, "learning_rate": 2e-4})
     assert spec.loop.max_steps == 3 and spec.loop.learning_rate == 2e-4
+
+
+def test_narrow_window_mask_keeps_one_contiguous_run_per_chosen_star():
+    import numpy as np
+
+    from spectrafm_hf.training.stages import narrow_window_mask
+
+    mask = np.zeros((400, 1000), bool)
+    mask[:, 10] = True  # an originally bad pixel stays bad
+    out = narrow_window_mask(mask, 0.5, 100, np.random.default_rng(0))
+    narrowed = out.sum(axis=1) > 1
+    assert 0.4 < narrowed.mean() < 0.6
+    for row in out[narrowed]:
+        kept = np.flatnonzero(~row)
+        assert kept.max() - kept.min() <= 99  # one run of at most 100 pixels
+    assert np.array_equal(out[~narrowed], mask[~narrowed])
+    assert out[:, 10].all()
+    assert np.array_equal(narrow_window_mask(mask, 0.0, 100, np.random.default_rng(0)), mask)
+
+
+def test_narrow_window_contexts_stay_inside_one_run():
+    """With fraction 1, every star's training context spans at most the run's wavelength width."""
+    import numpy as np
+
+    from spectrafm_hf import SpectraFMFeatureExtractor
+    from spectrafm_hf.training.loop import LoopConfig
+    from spectrafm_hf.training.stages import StageSpec, WindowData, tokenize
+
+    rng = np.random.default_rng(1)
+    n, p = 8, 600
+    wavelength = np.linspace(15200.0, 16900.0, p)
+    flux = 1 - 0.1 * rng.random((n, p))
+    labels = {"FE_H": rng.normal(size=n)}
+    data = WindowData(wavelength=wavelength, flux=flux, flux_err=np.full((n, p), 0.01), mask=np.zeros((n, p), bool),
+                      labels=labels, label_errors={"FE_H": np.full(n, 0.01)})
+    fe = SpectraFMFeatureExtractor()
+    fe.fit(wavelength=wavelength, flux=flux, labels=labels)
+    spec = StageSpec(name="t", window="all", request=["FE_H"], batch_size=n, context_length=32,
+                     loop=LoopConfig(max_steps=1), narrow_window_fraction=1.0, narrow_window_pixels=50)
+    batch = tokenize(fe, data, np.arange(n), spec, seed=3)
+    step = wavelength[1] - wavelength[0]
+    for row_wl, row_mask in zip(batch["input_wavelength"].numpy(), batch["attention_mask"].numpy()):
+        used = row_wl[(row_mask == 1) & (row_wl > 0)]
+        assert len(used) == 32 and used.max() - used.min() <= 49 * step + 0.01  # float32 Å

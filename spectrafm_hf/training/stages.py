@@ -65,6 +65,13 @@ class StageSpec:
             window pixels, on the validation stars given; for stage 3 only iron-rich ones).
         rehearsal: synthetic stars added to every batch (0 = off).
         eval_batch_size: stars per forward pass in evaluation.
+        narrow_window_fraction: fraction of the stars of each batch whose context is drawn from one
+            random contiguous run of ``narrow_window_pixels`` pixels instead of the whole window
+            (0 = off, the paper's sampling). A model that only ever saw contexts spread over the
+            whole spectrum has never read a 110 Å window alone, which is what stage 3 and its
+            zero-shot evaluation ask of it; the runs are random, not the Fe window, so nothing about
+            the evaluation window leaks into pre-training.
+        narrow_window_pixels: width of those runs, in pixels.
     """
 
     name: str
@@ -78,6 +85,8 @@ class StageSpec:
     select_on: str = "val_loss"
     rehearsal: int = 0
     eval_batch_size: int = 64
+    narrow_window_fraction: float = 0.0
+    narrow_window_pixels: int = 512
 
     def __post_init__(self):
         if self.window not in WINDOWS:
@@ -90,6 +99,10 @@ class StageSpec:
                 raise ValueError(f"unknown label(s) {unknown} in request; labels are {LABELS}")
         if not (self.select_on == "val_loss" or self.select_on.startswith("val_rmse_")):
             raise ValueError(f"select_on must be 'val_loss' or 'val_rmse_<LABEL>', got {self.select_on!r}")
+        if not 0.0 <= self.narrow_window_fraction <= 1.0:
+            raise ValueError(f"narrow_window_fraction must be in [0, 1], got {self.narrow_window_fraction}")
+        if self.narrow_window_pixels < 1:
+            raise ValueError(f"narrow_window_pixels must be ≥ 1, got {self.narrow_window_pixels}")
         if self.batch_size < 1 or self.context_length < 1:
             raise ValueError(f"batch_size and context_length must be ≥ 1, got {self.batch_size}, {self.context_length}")
 
@@ -201,6 +214,9 @@ def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: Stage
     ``request="random"``, one random label among those it has; both drawn from ``seed``.
     """
     flux, mask = data.flux[index], data.mask[index]
+    if spec.narrow_window_fraction > 0:
+        mask = narrow_window_mask(mask, spec.narrow_window_fraction, spec.narrow_window_pixels,
+                                  np.random.default_rng([seed, 7]))
     names = list(LABELS) if spec.request == "random" else list(spec.request)
     labels = {k: data.labels.get(k, np.full(len(data), np.nan))[index] for k in names}
     errors = {k: data.label_errors.get(k, np.full(len(data), np.nan))[index] for k in names}
@@ -217,6 +233,19 @@ def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: Stage
         sampling="random", seed=seed, labels=labels, label_errors=errors, return_tensors="pt",
     )
     return dict(batch)
+
+
+def narrow_window_mask(mask: np.ndarray, fraction: float, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Mask (B, P), True = bad → a copy where a ``fraction`` of the rows keep only one random
+    contiguous run of ``width`` pixels (everything else marked bad, so never in the context)."""
+    n_stars, n_pixels = mask.shape
+    chosen = rng.random(n_stars) < fraction
+    if width >= n_pixels or not chosen.any():
+        return mask
+    starts = rng.integers(0, n_pixels - width + 1, size=n_stars)
+    pixel = np.arange(n_pixels)
+    outside = (pixel < starts[:, None]) | (pixel >= starts[:, None] + width)
+    return mask | (outside & chosen[:, None])
 
 
 def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: int, rehearsal: WindowData | None = None):
