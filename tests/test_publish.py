@@ -127,6 +127,21 @@ def test_dry_run_lists_files_with_sizes_and_never_touches_the_hub(tmp_path, monk
     assert _snapshot(folder) == before
 
 
+def test_training_state_and_pickles_of_a_pipeline_stage_are_never_listed(tmp_path):
+    """A pipeline stage folder also holds Accelerate's resume state (pickled RNG states, optimizer) and
+    tracker logs: they are training by-products and must not reach the Hub."""
+    folder = _make_folder(tmp_path / "stage3")
+    (folder / "state").mkdir()
+    (folder / "state" / "random_states_0.pkl").write_bytes(b"pickle")
+    (folder / "state" / "optimizer.bin").write_bytes(b"x")
+    (folder / "logs" / "stage3").mkdir(parents=True)
+    (folder / "logs" / "stage3" / "events.out.tfevents.1").write_bytes(b"x")
+    (folder / "metrics.jsonl").write_text("{}\n")
+    names = [name for name, _ in publish.list_checkpoint_files(folder)]
+    assert not any(n.startswith(("state/", "logs/")) or n.endswith((".pkl", ".bin")) for n in names), names
+    assert "model.safetensors" in names and "metrics.jsonl" in names
+
+
 @pytest.mark.parametrize("fail_on", ["create_repo", "create_branch", "upload_folder"])
 def test_rejected_operation_gives_error_and_nonzero_exit(tmp_path, fake_hub, monkeypatch, capsys, fail_on):
     monkeypatch.setattr("huggingface_hub.HfApi", lambda: FakeApi(fail_on=fail_on))

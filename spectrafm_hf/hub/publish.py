@@ -19,16 +19,24 @@ REQUIRED_FILES = ("config.json", "preprocessor_config.json", "README.md", *MODEL
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+#: Top-level folders of a pipeline stage that are training by-products, never published: the resume
+#: state (optimizer, RNG states pickled by Accelerate) and the tracker logs.
+TRAINING_ONLY_DIRS = ("state", "logs", "checkpoint")
+
+
 def list_checkpoint_files(stage_dir: str | Path) -> list[tuple[str, int]]:
     """Files that would be uploaded, as (path relative to ``stage_dir`` with '/', size in bytes), sorted.
 
-    Hidden files and folders (``.git``, ``.cache`` ...) and ``__pycache__`` are never uploaded.
+    Hidden files and folders (``.git``, ``.cache`` ...), ``__pycache__``, pickles and the training
+    by-products of a pipeline stage (``state/``, ``logs/``) are never uploaded.
     """
     root = Path(stage_dir)
     files = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
+            continue
+        if rel.parts[0] in TRAINING_ONLY_DIRS or path.suffix in (".pkl", ".pickle", ".bin"):
             continue
         files.append((rel.as_posix(), path.stat().st_size))
     return files
