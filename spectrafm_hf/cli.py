@@ -21,7 +21,8 @@ _COMMANDS = {
 }
 
 
-def _add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of subcommand ``name`` on ``p`` (also used by training/stage*.py)."""
     if name == "predict":
         p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
         p.add_argument("--input", required=True, help="spectra file (.npz, ...)")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectrafm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, _, help_text) in _COMMANDS.items():
-        _add_arguments(name, sub.add_parser(name, help=help_text, description=help_text))
+        add_command_arguments(name, sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 

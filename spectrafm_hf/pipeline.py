@@ -413,6 +413,17 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     return 0
 
 
+def run_stage_entry_point(stage: str, description: str, argv: list[str] | None = None) -> int:
+    """``training/<stage>.py``: the pipeline's arguments, run up to ``stage`` (for ``accelerate launch``)."""
+    import argparse
+
+    from .cli import add_command_arguments
+
+    parser = argparse.ArgumentParser(description=description)
+    add_command_arguments("pipeline", parser)
+    return run_pipeline(parser.parse_args(argv), stop_after=stage)
+
+
 def _render_cards_with_metrics(out: Path, stage_cards: Mapping[str, Any], metrics: Mapping) -> None:
     """Re-write each stage folder's README.md now that the test metrics exist (model-index included).
 
