@@ -184,6 +184,10 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     trainer_kind = getattr(args, "stage3_trainer", None) or config.get("stage3_trainer", "accelerate")
     if trainer_kind not in ("accelerate", "transformers"):
         raise ValueError(f"stage3_trainer must be 'accelerate' or 'transformers', got {trainer_kind!r}")
+    if trainer_kind == "transformers" and int((config.get("stage3") or {}).get("rehearsal", 0) or 0):
+        # Checked before any training: the Trainer path has no rehearsal batches (Accelerate loop only).
+        raise ValueError("--stage3-trainer transformers does not support stage3.rehearsal > 0; set "
+                         "stage3.rehearsal: 0 in the config (the paper's protocol) or use the Accelerate path")
     timer = Timer()
     threads = config.get("torch_threads")
     if threads:

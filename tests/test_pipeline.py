@@ -81,3 +81,13 @@ def test_stage3_trainer_option_and_config_errors(tiny_run, tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="iron-rich"):
         stage3_draw(__import__("numpy").array([-2.0, -1.5, 0.1]), 2, seed=0)
+
+
+def test_trainer_path_with_rehearsal_is_refused_before_any_training(tmp_path):
+    config = yaml.safe_load((REPO / "training" / "configs" / "tiny.yaml").read_text())
+    config["stage3"]["rehearsal"] = 4
+    path = tmp_path / "tiny_rehearsal.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="rehearsal"):
+        run_pipeline(SimpleNamespace(config=str(path), out=str(tmp_path / "run"), seed=None, stage3_trainer="transformers"))
+    assert not (tmp_path / "run" / "stage1").exists()
