@@ -379,6 +379,16 @@ def apply_freezing(model, spec: StageSpec) -> None:
         model.freeze_encoder_blocks(spec.freeze_encoder_blocks)
 
 
+def finished_stage(spec: StageSpec, out_dir: Path) -> StageResult | None:
+    """The result of a stage already completed in ``out_dir`` (it has ``stage_complete.json``), else None."""
+    marker = Path(out_dir) / COMPLETE_MARKER
+    if not marker.exists():
+        return None
+    info = json.loads(marker.read_text())
+    return StageResult(spec.name, Path(out_dir), info.get("best_step"), info.get("best_metric"),
+                       info.get("last_step", 0), info.get("last_step", 0), 0.0, skipped=True)
+
+
 def run_stage(
     spec: StageSpec,
     train_data: WindowData,
@@ -406,11 +416,9 @@ def run_stage(
         seed: data-order / context / initialisation seed.
     """
     out_dir = Path(out_dir)
-    marker = out_dir / COMPLETE_MARKER
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        return StageResult(spec.name, out_dir, info.get("best_step"), info.get("best_metric"), info.get("last_step", 0),
-                           info.get("last_step", 0), 0.0, skipped=True)
+    finished = finished_stage(spec, out_dir)
+    if finished is not None:
+        return finished
     start = time.time()
     torch.manual_seed(seed)  # the random initialisation of fresh models
     if init is None:
@@ -447,7 +455,7 @@ def run_stage(
         "spec": {k: v for k, v in asdict(spec).items() if k != "loop"}, "loop": asdict(spec.loop),
     }
     if _is_main_process():
-        marker.write_text(json.dumps(summary, indent=2, default=str))
+        (out_dir / COMPLETE_MARKER).write_text(json.dumps(summary, indent=2, default=str))
     return StageResult(spec.name, out_dir, result.best_step, result.best_metric, result.last_step,
                        result.resumed_from, time.time() - start)
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .baselines import WindowData
-from .stages import COMPLETE_MARKER, StageResult, StageSpec, apply_freezing, load_model, new_model, predict, rows_of
+from .stages import (COMPLETE_MARKER, StageResult, StageSpec, apply_freezing, finished_stage, load_model, new_model,
+                     predict, rows_of)
 
 
 class _RowDataset(torch.utils.data.Dataset):
@@ -60,11 +61,9 @@ def run_stage_with_trainer(
     from ..hub.remote_code import save_checkpoint
 
     out_dir = Path(out_dir)
-    marker = out_dir / COMPLETE_MARKER
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        return StageResult(spec.name, out_dir, info.get("best_step"), info.get("best_metric"), info.get("last_step", 0),
-                           info.get("last_step", 0), 0.0, skipped=True)
+    finished = finished_stage(spec, out_dir)
+    if finished is not None:
+        return finished
     if spec.rehearsal:
         raise ValueError("rehearsal is only implemented in the Accelerate loop; set rehearsal: 0 or use --stage3-trainer accelerate")
     if not spec.select_on.startswith("val_rmse_"):
@@ -145,5 +144,5 @@ def run_stage_with_trainer(
     summary = {"stage": spec.name, "trainer": "transformers", "best_step": best_step, "best_metric": best_metric,
                "select_on": spec.select_on, "last_step": int(output.global_step), "n_train": len(train_data),
                "n_validation": len(validation), "window": spec.window, "init": str(init) if init else None}
-    marker.write_text(json.dumps(summary, indent=2))
+    (out_dir / COMPLETE_MARKER).write_text(json.dumps(summary, indent=2))
     return StageResult(spec.name, out_dir, best_step, best_metric, int(output.global_step), 0, time.time() - start)
