@@ -128,6 +128,52 @@ def test_voigt_accuracy():
     assert np.max(np.abs(h - wofz(v + 1j * a).real)) < 3e-4
 
 
+def _one_line_opacity(is_gauss, eta0, width, damping, dv0=0.3, core=12, wing=0, n_fine=200, seg=(0, 200)):
+    """η from the compiled kernel for one line centred on fine pixel 100 of a 1-star batch."""
+    from spectrafm_hf.data.line_opacity import accumulate_line_opacity
+
+    table = sim._voigt_table()
+    as_arr = lambda x, dt=np.float64: np.array([x], dtype=dt)  # noqa: E731
+    total = np.zeros((1, n_fine))
+    accumulate_line_opacity(total, np.array([[eta0]]), np.array([[width]]), np.array([[damping]]), as_arr(100, np.int64),
+                            as_arr(dv0), as_arr(seg[0], np.int64), as_arr(seg[1], np.int64), as_arr(core, np.int64),
+                            as_arr(wing, np.int64), as_arr(is_gauss, np.bool_), sim.FINE_DV_KMS, sim._voigt_corners(),
+                            table.shape[0], table.shape[1], sim._VOIGT_LOGA[0], sim._VOIGT_LOGA[2],
+                            sim._VOIGT_V_STEP, sim._VOIGT_V_MAX)
+    dv = 0.3 + (np.arange(n_fine) - 100) * sim.FINE_DV_KMS
+    return total[0], dv
+
+
+def test_compiled_opacity_matches_the_profiles():
+    # Gaussian (molecule) by recurrence: equals η0 exp(−(Δv/w)²) inside ±core, 0 outside
+    eta, dv = _one_line_opacity(True, 0.7, 1.9, 0.0)
+    inside = np.abs(np.arange(200) - 100) <= 12
+    np.testing.assert_allclose(eta[inside], 0.7 * np.exp(-(dv[inside] / 1.9) ** 2), rtol=1e-12, atol=1e-300)
+    assert np.all(eta[~inside] == 0.0)
+    # Voigt core (atoms) matches the exact Faddeeva function to the table's accuracy
+    eta, dv = _one_line_opacity(False, 2.0, 2.2, 0.05)
+    exact = 2.0 * wofz(dv[inside] / 2.2 + 0.05j).real
+    assert np.max(np.abs(eta[inside] - exact)) < 2.0 * 3e-4
+    # damping wings beyond the core follow H(a, v) to ~1 %, and stop at the wing half-width
+    eta, dv = _one_line_opacity(False, 50.0, 2.0, 0.3, core=10, wing=60)
+    wing = (np.abs(np.arange(200) - 100) > 10) & (np.abs(np.arange(200) - 100) <= 60)
+    exact = 50.0 * wofz(dv[wing] / 2.0 + 0.3j).real
+    np.testing.assert_allclose(eta[wing], exact, rtol=0.02)
+    assert np.all(eta[np.abs(np.arange(200) - 100) > 60] == 0.0)
+    # a window never leaks out of its segment (here pixels 95–149)
+    eta, _ = _one_line_opacity(False, 50.0, 2.0, 0.3, core=10, wing=60, seg=(95, 150))
+    assert np.all(eta[:95] == 0.0) and np.all(eta[150:] == 0.0) and eta[149] > 0.0
+
+
+def test_chunked_batches_give_identical_spectra(monkeypatch):
+    labels = star([4000.0, 5200.0, 4600.0, 3900.0, 6100.0], [1.5, 4.5, 2.5, 1.0, 4.2], fe_h=[0.0, -0.3, -1.2, 0.2, -2.0])
+    whole = sim.simulate(labels, "observed", seed=3)
+    monkeypatch.setattr(sim, "_SUB_BATCH", 2)  # 5 stars → chunks of 2, 2, 1
+    chunked = sim.simulate(labels, "observed", seed=3)
+    for key in whole:
+        assert np.array_equal(whole[key], chunked[key], equal_nan=True), key
+
+
 def test_deterministic_across_batch_sizes():
     labels = star([4000.0, 5200.0, 4600.0], [1.5, 4.5, 2.5], fe_h=[0.0, -0.3, -1.2])
     whole = sim.simulate(labels, "observed", seed=5)
