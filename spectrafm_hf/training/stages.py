@@ -153,13 +153,28 @@ def window_data(split, pixels: slice | None = None, rows=None) -> WindowData:
     pixels = pixels or slice(0, len(wavelength))
     if rows is not None:
         split = split.select(np.asarray(rows, dtype=np.int64))
-    table = split.with_format("numpy")
+    # One Arrow table (honours a select()'s index mapping); spectra are fixed-size lists, so each
+    # column is one contiguous buffer reshaped to (N, P) — no per-row Python objects.
+    table = split.with_format("arrow")[:] if len(split) else None
     columns = set(split.column_names)
-    flux = np.stack(table["flux"]).astype(np.float32)[:, pixels] if len(split) else np.zeros((0, len(wavelength[pixels])), np.float32)
-    mask = np.stack(table["mask"]).astype(bool)[:, pixels] if len(split) else np.zeros(flux.shape, bool)
-    flux_err = np.stack(table["flux_err"]).astype(np.float32)[:, pixels] if len(split) else np.zeros(flux.shape, np.float32)
-    labels = {name: np.asarray(table[name], np.float64) for name in LABELS if name in columns}
-    errors = {name: np.asarray(table[f"{name}_ERR"], np.float64) for name in LABELS if f"{name}_ERR" in columns}
+    n_pix = len(wavelength)
+
+    def spectra(name: str, dtype) -> np.ndarray:
+        if table is None:
+            return np.zeros((0, len(wavelength[pixels])), dtype)
+        values = table.column(name).combine_chunks()
+        values = values.flatten().to_numpy(zero_copy_only=False)  # (N·P,)
+        return values.reshape(len(split), n_pix)[:, pixels].astype(dtype, copy=False)
+
+    def scalars(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False), np.float64) if table is not None \
+            else np.zeros(0)
+
+    flux = spectra("flux", np.float32)
+    mask = spectra("mask", bool)
+    flux_err = spectra("flux_err", np.float32)
+    labels = {name: scalars(name) for name in LABELS if name in columns}
+    errors = {name: scalars(f"{name}_ERR") for name in LABELS if f"{name}_ERR" in columns}
     return WindowData(flux=flux, mask=mask | ~np.isfinite(flux), flux_err=flux_err, labels=labels,
                       label_errors=errors, wavelength=wavelength[pixels])
 
