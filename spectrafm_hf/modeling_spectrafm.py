@@ -42,8 +42,9 @@ class SpectraFMOutput(ModelOutput):
             units is ``sqrt(exp(s)) × MAD-std`` (``SpectraFMFeatureExtractor.to_physical``).
         encoder_attentions: with ``output_attentions=True``, one (B, H, L, L + 1) tensor per encoder
             block: self-attention probabilities; the LAST key index is the learned ``add_bias_kv`` slot.
-        cross_attentions: with ``output_attentions=True``, one (B, H, Q, L + 1) tensor per decoder block:
-            attention of each label query over the encoder outputs; the LAST key index is the bias slot.
+        cross_attentions: with ``output_attentions=True`` or ``"cross"``, one (B, H, Q, L + 1) tensor per
+            decoder block: attention of each label query over the encoder outputs; the LAST key index
+            is the bias slot.
     """
 
     loss: torch.FloatTensor | None = None
@@ -352,7 +353,7 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
         label_errors: torch.FloatTensor | None = None,
         query_mask: torch.LongTensor | None = None,
         spectrum_index: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
+        output_attentions: bool | str | None = None,
     ) -> SpectraFMOutput:
         r"""Predict the requested labels of a batch of tokenised spectra.
 
@@ -373,6 +374,8 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
                 predictions can be combined per spectrum (``SpectraFMFeatureExtractor.combine_chunks``).
             output_attentions: return encoder self-attention and decoder cross-attention weights per
                 block (computed with eager attention for this call; the last key is the bias_kv slot).
+                ``"cross"``: decoder cross-attention weights only; the encoder keeps its fast kernel,
+                so long contexts never materialise a B×H×L×L matrix (the Q×L cross weights are small).
         """
         if query_ids is None:
             raise ValueError(
@@ -380,20 +383,24 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
                 "the feature extractor makes them from request=[...]"
             )
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_attentions not in (True, False, "cross"):
+            raise ValueError(f"output_attentions must be True, False or 'cross', got {output_attentions!r}")
+        encoder_weights = output_attentions is True
+        cross_weights = bool(output_attentions)
         key_mask = (input_ids != 0) if attention_mask is None else attention_mask.bool()
 
         hidden = self.embeddings(input_ids, input_values, input_wavelength, key_mask)
-        encoder_attentions = () if output_attentions else None
+        encoder_attentions = () if encoder_weights else None
         for block in self.encoder:
-            hidden, weights = block(hidden, key_mask, output_attentions=output_attentions)
-            if output_attentions:
+            hidden, weights = block(hidden, key_mask, output_attentions=encoder_weights)
+            if encoder_weights:
                 encoder_attentions += (weights,)
 
         queries = self.embeddings.query(query_ids)
-        cross_attentions = () if output_attentions else None
+        cross_attentions = () if cross_weights else None
         for block in self.decoder:
-            queries, weights = block(queries, key_mask, key_value_states=hidden, output_attentions=output_attentions)
-            if output_attentions:
+            queries, weights = block(queries, key_mask, key_value_states=hidden, output_attentions=cross_weights)
+            if cross_weights:
                 cross_attentions += (weights,)
 
         mean, log_variance = self.head(queries)

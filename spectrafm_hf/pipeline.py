@@ -373,27 +373,39 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
         meta["description"] = descriptions.get(name, name)
 
     # ---- attention ------------------------------------------------------------------------
-    attention_result = None
+    # Two analyses: the stage-3 model in the Fe window (the [Fe/H] query, the paper's claim), and
+    # the stage-2 model over its whole first half, the only place with Mg I and OH lines, for the
+    # [Mg/Fe] and [O/Fe] queries (config attention.first_half; null to skip).
+    attention_result, attention_half = None, None
     att_cfg = config.get("attention", {}) or {}
     if att_cfg is not None and att_cfg.get("enabled", True):
         with timer.step("attention analysis"):
             from .training.attention import analyse_profiles, cross_attention_profiles
 
-            model, fe = load_model(out / att_cfg.get("model", "stage2"))
-            n_att = int(att_cfg.get("n_stars", 200))
-            source = cut(subset(test, np.arange(min(n_att, len(test)))), fe_win)
-            queries = tuple(att_cfg.get("queries", ("FE_H", "MG_FE", "O_FE")))
-            profiles = cross_attention_profiles(model, fe, source.wavelength, source.flux, source.mask, queries,
-                                                batch_size=int(att_cfg.get("batch_size", 16)))
-            attention_result = analyse_profiles(profiles, source.wavelength,
-                                                core_half_width_A=float(att_cfg.get("core_half_width_A", 0.4)))
-            attention_result["model"] = att_cfg.get("model", "stage2")
-            attention_result["window"] = "fe_window"
+            def attention_analysis(model_name, window, window_name, analysis_cfg, default_queries):
+                model, fe = load_model(out / model_name)
+                n_att = int(analysis_cfg.get("n_stars", 200))
+                source = cut(subset(test, np.arange(min(n_att, len(test)))), window)
+                queries = tuple(analysis_cfg.get("queries", default_queries))
+                profiles = cross_attention_profiles(model, fe, source.wavelength, source.flux, source.mask, queries,
+                                                    batch_size=int(analysis_cfg.get("batch_size", 16)))
+                result = analyse_profiles(profiles, source.wavelength,
+                                          core_half_width_A=float(att_cfg.get("core_half_width_A", 0.4)))
+                result.update(model=model_name, window=window_name, n_stars=len(source))
+                return result
+
+            attention_result = attention_analysis(att_cfg.get("model", "stage3"), fe_win, "fe_window", att_cfg,
+                                                  ("FE_H",))
+            half_cfg = att_cfg.get("first_half", {})
+            if half_cfg is not None:
+                attention_half = attention_analysis(half_cfg.get("model", "stage2"), half, "first_half",
+                                                    {"n_stars": 48, "batch_size": 4, **half_cfg},
+                                                    ("FE_H", "MG_FE", "O_FE"))
 
     # ---- report ---------------------------------------------------------------------------
     with timer.step("report"):
         metrics = build_metrics(config, seed, trainer_kind, models_meta, test_description, len(test), n_poor,
-                                attention_result, results, timer.seconds)
+                                attention_result, results, timer.seconds, attention_half)
         np.savez(out / "predictions.npz", **{f"{m}__{k}": v for m, p in predictions.items() for k, v in p.items()})
         figures = {
             "pred_vs_true": rp.plot_predicted_vs_true({k: v for k, v in predictions.items() if "true" in v}, out / "pred_vs_true_feh.png"),
@@ -404,6 +416,8 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
                 out / "calibration_feh.png"),
             "training_curves": rp.plot_training_curves({k: out / k for k in results}, out / "training_curves.png"),
             "attention": rp.plot_attention(attention_result, out / "attention.png") if attention_result else None,
+            "attention_first_half": rp.plot_attention(attention_half, out / "attention_first_half.png")
+            if attention_half else None,
         }
         metrics["timings_s"] = dict(timer.seconds)
         rp.write_metrics(out / "metrics.json", metrics)
@@ -444,7 +458,7 @@ def _render_cards_with_metrics(out: Path, stage_cards: Mapping[str, Any], metric
             render_card(replace(card, metrics=measured or None, eval_info=eval_info)).save(out / folder / "README.md")
 
 
-def acceptance_checks(models: Mapping) -> dict:
+def acceptance_checks(models: Mapping, attention: Mapping | None = None) -> dict:
     """Issue 5's acceptance numbers, computed from the test metrics (no thresholds are tuned here)."""
     def bins(name):
         return models[name]["labels"]["FE_H"]["bins"]
@@ -465,10 +479,17 @@ def acceptance_checks(models: Mapping) -> dict:
         coverage = cal.get("coverage_68", float("nan"))
         checks["stage3 68 % coverage after calibration"] = {"value": coverage, "target": "0.60–0.76",
                                                             "pass": bool(0.60 <= coverage <= 0.76)}
+    fe_profile = (attention or {}).get("profiles", {}).get("FE_H")
+    if fe_profile:
+        value, control = fe_profile.get("enrichment", float("nan")), fe_profile.get("enrichment_control", float("nan"))
+        checks["FE_H attention enrichment on Fe lines"] = {"value": value, "target": "> 1.5", "pass": bool(value > 1.5)}
+        checks["FE_H enrichment above its shuffled control"] = {
+            "value": value - control, "target": "> 0 (enrichment − control)", "pass": bool(value > control)}
     return checks
 
 
-def build_metrics(config, seed, trainer_kind, models, test_description, n_test, n_poor, attention, results, timings) -> dict:
+def build_metrics(config, seed, trainer_kind, models, test_description, n_test, n_poor, attention, results, timings,
+                  attention_first_half=None) -> dict:
     """Assemble metrics.json (layout in :mod:`spectrafm_hf.training.report`)."""
     from .training.report import card_entry
 
@@ -486,7 +507,9 @@ def build_metrics(config, seed, trainer_kind, models, test_description, n_test, 
     metrics["test_set"] = {"n": int(n_test), "n_feh_lt_-1": int(n_poor), "description": test_description}
     if attention:
         metrics["attention"] = attention
-    metrics["acceptance"] = acceptance_checks(models)
+    if attention_first_half:
+        metrics["attention_first_half"] = attention_first_half
+    metrics["acceptance"] = acceptance_checks(models, attention)
     metrics["training"] = {name: {"best_step": r.best_step, "best_metric": r.best_metric, "last_step": r.last_step,
                                   "resumed_from": r.resumed_from, "skipped": r.skipped} for name, r in results.items()}
     metrics["run"] = {"config": config.get("_path"), "seed": seed, "stage3_trainer": trainer_kind,

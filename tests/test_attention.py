@@ -52,3 +52,15 @@ def test_fe_window_profile_on_fe_lines_is_enriched_and_beats_shuffled_control():
     assert uniform["profiles"]["FE_H"]["enrichment"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no line species"):
         at.analyse_profiles({"TEFF": profile}, wavelength, lines)
+
+
+def test_line_list_keeps_oh_lines_for_the_oxygen_query():
+    """OH is weak in the 4500 K reference giant, so it has its own threshold: the [O/Fe] query has
+    lines in the first half (where stage 2's attention is analysed); a strict list has none."""
+    half = grid.apogee_wavelength()[:3757]
+    default = at.load_line_list()
+    oh = default.of(at.QUERY_SPECIES["O_FE"][1])
+    assert ((oh > half.min()) & (oh < half.max())).sum() >= 20
+    assert len(default.of(["Mg I"])) == 9 and len(default.of(["Fe I"])) == 316  # others: min_strength 1
+    strict = at.load_line_list(species_min_strength={})
+    assert len(strict.of(["OH"])) == 0

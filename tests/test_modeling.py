@@ -104,6 +104,20 @@ def test_eager_and_sdpa_agree_and_attention_weights_are_returned(tiny_model, fea
     assert torch.all(enc[0][3][..., :-1][..., padding] == 0)
 
 
+def test_cross_only_attention_weights(tiny_model, feature_extractor, toy):
+    """output_attentions="cross": the decoder's weights exactly as with True, no encoder weights."""
+    batch = feature_extractor(toy["wavelength"], toy["flux"], request=["MG_FE"])
+    with torch.no_grad():
+        both = tiny_model(**batch, output_attentions=True)
+        cross = tiny_model(**batch, output_attentions="cross")
+    assert cross.encoder_attentions is None and len(cross.cross_attentions) == 3
+    for a, b in zip(cross.cross_attentions, both.cross_attentions):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cross.mean, both.mean, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="output_attentions must be True, False or 'cross'"):
+        tiny_model(**batch, output_attentions="encoder")
+
+
 def test_padding_does_not_change_a_star(tiny_model, feature_extractor, toy):
     mask = np.zeros_like(toy["mask"])
     mask[0, :120] = True  # star 0 short, star 1 long → star 0 padded in the pair

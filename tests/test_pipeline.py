@@ -39,9 +39,19 @@ def test_pipeline_writes_checkpoints_metrics_and_report(tiny_run):
     assert set(metrics["models"]["stage2"]["labels"]) == {"TEFF", "LOGG", "FE_H", "MG_FE", "O_FE"}
     assert "rmse_feh_lt_-1" in metrics["stage3"]["FE_H"]  # the cards' flat form
     assert metrics["attention"]["profiles"]["FE_H"]["n_lines"] > 0
+    # [Mg/Fe] and [O/Fe] attention from stage 2 over the first half, where Mg I and OH lines are
+    half = metrics["attention_first_half"]
+    assert half["model"] == "stage2" and half["window"] == "first_half"
+    assert len(half["profiles"]["MG_FE"]["wavelength"]) == 3757
+    assert half["profiles"]["MG_FE"]["n_lines"] > 0 and half["profiles"]["O_FE"]["n_lines"] > 0
+    assert abs(sum(half["profiles"]["O_FE"]["weight"]) - 1.0) < 1e-6
     assert "iron-poor RMSE stage3 / scratch MLP" in metrics["acceptance"]
+    enrichment = metrics["acceptance"]["FE_H attention enrichment on Fe lines"]
+    assert enrichment["value"] == metrics["attention"]["profiles"]["FE_H"]["enrichment"]
+    assert enrichment["pass"] == (enrichment["value"] > 1.5)
     report = (out / "report.md").read_text()
     assert "pred_vs_true_feh.png" in report and (out / "pred_vs_true_feh.png").exists()
+    assert "attention_first_half.png" in report and (out / "attention_first_half.png").exists()
     assert set(json.loads((out / "timings.json").read_text())) >= {"stage 1 (synthetic pre-training)", "evaluation"}
 
 

@@ -64,3 +64,26 @@ def test_split_indices_reproducible_and_complete():
     assert not np.array_equal(a["test"], c["test"])
     with pytest.raises(ValueError, match="sum to 1"):
         schema.split_indices(10, {"train": 0.5}, seed=0)
+
+
+def test_window_data_reads_whole_columns_and_honours_row_selection(tmp_path):
+    """training.stages.window_data (whole Arrow buffers) equals the dataset's own rows, after select()."""
+    from spectrafm_hf.training.stages import window_data
+
+    def batches():
+        rng = np.random.default_rng(0)
+        for start in range(0, 10, 4):
+            b = min(4, 10 - start)
+            yield {"id": np.array([f"s{start + i}" for i in range(b)]), "flux": rng.random((b, P)).astype(np.float32),
+                   "mask": rng.random((b, P)) < 0.2, "TEFF": np.arange(start, start + b) + 4000.0}
+
+    ds = schema.write_dataset(tmp_path / "d", {"train": batches, "empty": _batches(0)}, WAVE)
+    rows, pixels = [7, 2, 9], slice(3, 11)
+    data = window_data(ds["train"], pixels, rows=rows)
+    np.testing.assert_array_equal(data.flux, np.stack([ds["train"][r]["flux"] for r in rows])[:, pixels])
+    np.testing.assert_array_equal(data.mask, np.stack([ds["train"][r]["mask"] for r in rows])[:, pixels])
+    np.testing.assert_array_equal(data.labels["TEFF"], [4007.0, 4002.0, 4009.0])
+    assert np.isnan(data.labels["LOGG"]).all() and data.flux.dtype == np.float32 and data.mask.dtype == bool
+    np.testing.assert_allclose(data.wavelength, WAVE[pixels])
+    empty = window_data(ds["empty"], pixels)
+    assert empty.flux.shape == (0, 8) and empty.labels["TEFF"].shape == (0,)

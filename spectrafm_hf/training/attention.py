@@ -48,15 +48,24 @@ class LineList:
         return self.wavelength[np.isin(self.species, list(species))]
 
 
-def load_line_list(path: str | Path | None = None, min_strength: float = 1.0) -> LineList:
+#: Per-species strength thresholds overriding ``min_strength``: OH lines are weak in the 4500 K
+#: reference giant (η₀ ≤ 0.64) yet they are the [O/Fe] indicators of cooler giants, where they are
+#: strong; 0.1 keeps the ~120 that are visible (≳ 9 % deep) already at 4500 K.
+SPECIES_MIN_STRENGTH: dict[str, float] = {"OH": 0.1}
+
+
+def load_line_list(path: str | Path | None = None, min_strength: float = 1.0,
+                   species_min_strength: Mapping[str, float] | None = None) -> LineList:
     """Read a line-list CSV (columns ``wavelength_vac_A``, ``species``).
 
     Default: the project's simulator list ``spectrafm_hf/data/linelists/hband_lines_full_sim.csv``,
     keeping lines whose line-centre opacity ratio ``eta0_ref4500g2`` (4500 K giant) is ≥
-    ``min_strength`` — the lines that produce visible absorption (depth ≥ D_max/2) in a typical
-    APOGEE giant; the full list of 4,741 would mark nearly every pixel as a "line core". Falls back
-    to ``../shared/data/linelists/hband_lines.csv`` (617 strong lines) when the project file is absent.
+    ``min_strength`` (per species: ``species_min_strength``, default :data:`SPECIES_MIN_STRENGTH`) —
+    the lines that produce visible absorption in a typical APOGEE giant; the full list of 4,741
+    would mark nearly every pixel as a "line core". Falls back to
+    ``../shared/data/linelists/hband_lines.csv`` (617 strong lines) when the project file is absent.
     """
+    thresholds = SPECIES_MIN_STRENGTH if species_min_strength is None else species_min_strength
     if path is None:
         candidate = _PROJECT_LINELIST / "hband_lines_full_sim.csv"
         path = candidate if candidate.exists() else _SHARED_LINELIST
@@ -67,7 +76,7 @@ def load_line_list(path: str | Path | None = None, min_strength: float = 1.0) ->
     with path.open() as fh:
         for row in csv.DictReader(fh):
             strength = row.get("eta0_ref4500g2")
-            if strength not in (None, "") and float(strength) < min_strength:
+            if strength not in (None, "") and float(strength) < thresholds.get(row["species"].strip(), min_strength):
                 continue
             wavelength.append(float(row["wavelength_vac_A"]))
             species.append(row["species"].strip())
@@ -193,7 +202,9 @@ def cross_attention_profiles(
     """Mean last-block decoder cross-attention of each query over the pixels of ``wavelength``.
 
     Args:
-        model: a SpectraFM model (switched to eager attention here; SDPA returns no weights).
+        model: a SpectraFM model. Only the decoder's cross-attention weights are computed
+            (``output_attentions="cross"``): the encoder keeps its fast kernel, so a whole half
+            spectrum (3757 pixels) fits in one context.
         feature_extractor: its ``SpectraFMFeatureExtractor``.
         wavelength: (P,) vacuum Å; flux, mask: (N, P). All valid pixels form one context.
         block: decoder block index (default the last).
@@ -202,42 +213,36 @@ def cross_attention_profiles(
     """
     import torch
 
-    previous = getattr(model.config, "_attn_implementation", None)
-    model.set_attn_implementation("eager")
     model.eval()
     device = next(model.parameters()).device
     wavelength = np.asarray(wavelength, np.float64)
     sums = {q: [] for q in queries}
     valids = []
-    try:
-        for start in range(0, len(flux), batch_size):
-            chunk = slice(start, start + batch_size)
-            batch = feature_extractor(
-                wavelength, flux[chunk], mask=mask[chunk], request=list(queries), sampling="all", return_tensors="pt"
-            )
-            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            with torch.no_grad():
-                output = model(**inputs, output_attentions=True)
-            attn = output.cross_attentions[block].float().mean(dim=1)  # (B, Q, K): mean over heads
-            keys = attn.shape[-1]
-            token_wavelength = inputs["input_wavelength"]  # (B, L)
-            is_pixel = (inputs["input_ids"] == 1) & (inputs["attention_mask"] > 0)
-            # The bias_kv slot (if any) is an extra key beyond the L tokens: keep the first L keys.
-            attn = attn[..., : token_wavelength.shape[1]] if keys >= token_wavelength.shape[1] else attn
-            # Scatter each token's weight onto its pixel of the window (nearest wavelength).
-            pixel_index = nearest_index(wavelength, token_wavelength.cpu().numpy())
-            pixel_mask = is_pixel.cpu().numpy()
-            n = attn.shape[0]
-            valid = np.zeros((n, len(wavelength)), bool)
-            rows = np.repeat(np.arange(n)[:, None], pixel_index.shape[1], axis=1)
-            valid[rows[pixel_mask], pixel_index[pixel_mask]] = True
-            valids.append(valid)
-            for qi, query in enumerate(queries):
-                dense = np.zeros((n, len(wavelength)))
-                np.add.at(dense, (rows[pixel_mask], pixel_index[pixel_mask]), attn[:, qi, :].cpu().numpy()[pixel_mask])
-                sums[query].append(dense)
-    finally:
-        if previous is not None:
-            model.set_attn_implementation(previous)
+    for start in range(0, len(flux), batch_size):
+        chunk = slice(start, start + batch_size)
+        batch = feature_extractor(
+            wavelength, flux[chunk], mask=mask[chunk], request=list(queries), sampling="all", return_tensors="pt"
+        )
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with torch.no_grad():
+            output = model(**inputs, output_attentions="cross")
+        attn = output.cross_attentions[block].float().mean(dim=1)  # (B, Q, K): mean over heads
+        keys = attn.shape[-1]
+        token_wavelength = inputs["input_wavelength"]  # (B, L)
+        is_pixel = (inputs["input_ids"] == 1) & (inputs["attention_mask"] > 0)
+        # The bias_kv slot (if any) is an extra key beyond the L tokens: keep the first L keys.
+        attn = attn[..., : token_wavelength.shape[1]] if keys >= token_wavelength.shape[1] else attn
+        # Scatter each token's weight onto its pixel of the window (nearest wavelength).
+        pixel_index = nearest_index(wavelength, token_wavelength.cpu().numpy())
+        pixel_mask = is_pixel.cpu().numpy()
+        n = attn.shape[0]
+        valid = np.zeros((n, len(wavelength)), bool)
+        rows = np.repeat(np.arange(n)[:, None], pixel_index.shape[1], axis=1)
+        valid[rows[pixel_mask], pixel_index[pixel_mask]] = True
+        valids.append(valid)
+        for qi, query in enumerate(queries):
+            dense = np.zeros((n, len(wavelength)))
+            np.add.at(dense, (rows[pixel_mask], pixel_index[pixel_mask]), attn[:, qi, :].cpu().numpy()[pixel_mask])
+            sums[query].append(dense)
     valid = np.concatenate(valids)
     return {q: mean_profile(np.concatenate(sums[q]), valid) for q in queries}

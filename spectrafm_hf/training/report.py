@@ -17,7 +17,8 @@ flat per-label form that :mod:`spectrafm_hf.hub.cards` renders into each stage's
                                            "calibration": {"before": {bin: {...}}, "scale": k,
                                                            "after": {bin: {...}}}}}}
       },
-      "test_set": {...}, "attention": {...}, "acceptance": {...}, "timings_s": {...}, "run": {...}
+      "test_set": {...}, "attention": {...}, "attention_first_half": {...}, "acceptance": {...},
+      "timings_s": {...}, "run": {...}
     }
 
 Units: rmse/bias/sigma_mad in the label's physical unit (dex, K); calibration numbers dimensionless.
@@ -335,24 +336,28 @@ def write_report(out_dir: Path, metrics: Mapping, figures: Mapping[str, Path | N
     ]
     for key, title in (("pred_vs_true", "Predicted vs true [Fe/H]"), ("residuals", "Residuals vs [Fe/H]"),
                        ("calibration", "Calibration"), ("training_curves", "Training curves"),
-                       ("attention", "Decoder cross-attention")):
+                       ("attention", "Decoder cross-attention (stage 3, Fe window)"),
+                       ("attention_first_half", "Decoder cross-attention (stage 2, first half of the spectrum)")):
         if figures.get(key):
             parts += [f"### {title}", "", f"![{title}]({Path(figures[key]).name})", ""]
     if "stage2" in models:
         parts += ["## Stage 2 (observed, first half of the spectrum) on all five labels", "",
                   stage2_table(models["stage2"]), ""]
-    attention = metrics.get("attention")
-    if attention:
+    analyses = [metrics[key] for key in ("attention", "attention_first_half") if metrics.get(key)]
+    if analyses:
         parts += ["## Attention enrichment", "",
                   "Attention mass on pixels within that element's line cores divided by the fraction of "
                   "pixels that are such cores (1 = no preference); control: the same with the line list "
-                  "of a shuffled element assignment.", "",
-                  "| query | element | enrichment | shuffled control | core fraction |", "|---|---|---|---|---|"]
-        for query, profile in attention.get("profiles", {}).items():
-            parts.append(
-                f"| {query} | {profile.get('element')} | {_fmt(profile.get('enrichment'), 2)} | "
-                f"{_fmt(profile.get('enrichment_control'), 2)} | {_fmt(profile.get('core_fraction'), 3)} |"
-            )
+                  "of a shuffled element assignment. '–': no line of that element in the window.", "",
+                  "| model | window | stars | query | element | lines | enrichment | shuffled control | core fraction |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for analysis in analyses:
+            for query, profile in analysis.get("profiles", {}).items():
+                parts.append(
+                    f"| {analysis.get('model', '?')} | {analysis.get('window', '?')} | {analysis.get('n_stars', '?')} | "
+                    f"{query} | {profile.get('element')} | {profile.get('n_lines')} | {_fmt(profile.get('enrichment'), 2)} | "
+                    f"{_fmt(profile.get('enrichment_control'), 2)} | {_fmt(profile.get('core_fraction'), 3)} |"
+                )
         parts.append("")
     acceptance = metrics.get("acceptance")
     if acceptance:
