@@ -95,10 +95,19 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
     from .data.prior import sample_labels
     from .data.simulated import build_simulated_dataset
 
+    from .data.schema import get_metadata
+    from .data.simulator import SIMULATOR_VERSION
+
     tag = f"-feh_below{feh_below:g}" if feh_below is not None else ""
     folder = cache_dir / f"{universe}-{prior}-n{n}-seed{seed}{tag}"
     if folder.exists():
-        return load_from_disk(str(folder))
+        cached = load_from_disk(str(folder))
+        version = get_metadata(cached).get("simulator_version")
+        if version == SIMULATOR_VERSION:
+            return cached
+        # a cache from another simulator version would silently mix data generations: rebuild it
+        print(f"[pipeline] {folder} was simulated by simulator {version}, this is {SIMULATOR_VERSION}: rebuilding",
+              flush=True)
     labels = None
     if feh_below is not None:
         pool = sample_labels(max(1000, 100 * n), seed=seed, prior=prior)
@@ -107,7 +116,7 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
             raise ValueError(f"the {prior!r} prior gave only {len(keep)} stars below [Fe/H] {feh_below}; lower n_iron_poor")
         labels = {k: np.asarray(v)[keep[:n]] for k, v in pool.items()}
     return build_simulated_dataset(folder, universe, n, seed, prior=prior, splits=dict(splits), labels=labels,
-                                   progress=True)
+                                   progress=True, overwrite=True)
 
 
 def prepare_data(config: Mapping, out_dir: Path) -> dict:

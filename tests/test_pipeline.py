@@ -101,3 +101,21 @@ def test_trainer_path_with_rehearsal_is_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match="rehearsal"):
         run_pipeline(SimpleNamespace(config=str(path), out=str(tmp_path / "run"), seed=None, stage3_trainer="transformers"))
     assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_cached_datasets_from_another_simulator_version_are_rebuilt(tmp_path, monkeypatch):
+    from spectrafm_hf.data import simulator as sim
+    from spectrafm_hf.data.schema import get_metadata
+    from spectrafm_hf.pipeline import _cached_dataset
+
+    splits = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    first = _cached_dataset(tmp_path, "synthetic", 8, 3, "apogee", splits)
+    assert get_metadata(first)["simulator_version"] == sim.SIMULATOR_VERSION
+    folder = tmp_path / "synthetic-apogee-n8-seed3"
+    stamp = (folder / "dataset_dict.json").stat().st_mtime_ns
+    again = _cached_dataset(tmp_path, "synthetic", 8, 3, "apogee", splits)  # same version: reused as is
+    assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp and again["train"]["id"] == first["train"]["id"]
+    monkeypatch.setattr(sim, "SIMULATOR_VERSION", "0.0-test")
+    rebuilt = _cached_dataset(tmp_path, "synthetic", 8, 3, "apogee", splits)
+    assert get_metadata(rebuilt)["simulator_version"] == "0.0-test"
+    assert rebuilt["train"]["id"] == first["train"]["id"]  # same stars, rebuilt by the current code
