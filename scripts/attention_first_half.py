@@ -29,8 +29,8 @@ def main(argv=None) -> None:
 
     import datasets
 
-    from spectrafm_hf.training.attention import analyse_profiles, cross_attention_profiles
-    from spectrafm_hf.training.stages import WINDOWS, concatenate, load_model, subset, window_data
+    from spectrafm_hf.training.attention import analyse_model
+    from spectrafm_hf.training.stages import WINDOWS, concatenate, subset, window_data
 
     cache = Path(args.cache)
     for name in (args.observed, args.iron_poor):
@@ -45,10 +45,7 @@ def main(argv=None) -> None:
     source = subset(test, rows[: args.n])
     if len(source) == 0:
         raise SystemExit("no test star passes the selection; raise --max-teff or --n")
-    model, feature_extractor = load_model(Path(args.run) / "stage2")
-    profiles = cross_attention_profiles(model, feature_extractor, source.wavelength, source.flux, source.mask,
-                                        ("FE_H", "MG_FE", "O_FE"), batch_size=4)
-    result = analyse_profiles(profiles, source.wavelength)
+    result = analyse_model(Path(args.run) / "stage2", source, ("FE_H", "MG_FE", "O_FE"), batch_size=4)
     print(f"{len(source)} stars, stage 2 of {args.run}, pixels 0–3756")
     for query, entry in result["profiles"].items():
         print(f"  {query}: enrichment {entry['enrichment']:.2f}, shuffled control {entry['enrichment_control']:.2f} "

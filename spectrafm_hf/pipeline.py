@@ -93,9 +93,8 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
     from datasets import load_from_disk
 
     from .data.prior import sample_labels
-    from .data.simulated import build_simulated_dataset
-
     from .data.schema import get_metadata
+    from .data.simulated import build_simulated_dataset
     from .data.simulator import SIMULATOR_VERSION
 
     tag = f"-feh_below{feh_below:g}" if feh_below is not None else ""
@@ -389,18 +388,15 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     att_cfg = config.get("attention", {}) or {}
     if att_cfg is not None and att_cfg.get("enabled", True):
         with timer.step("attention analysis"):
-            from .training.attention import analyse_profiles, cross_attention_profiles
+            from .training.attention import analyse_model
 
             def attention_analysis(model_name, window, window_name, analysis_cfg, default_queries):
-                model, fe = load_model(out / model_name)
                 n_att = int(analysis_cfg.get("n_stars", 200))
-                source = cut(subset(test, np.arange(min(n_att, len(test)))), window)
-                queries = tuple(analysis_cfg.get("queries", default_queries))
-                profiles = cross_attention_profiles(model, fe, source.wavelength, source.flux, source.mask, queries,
-                                                    batch_size=int(analysis_cfg.get("batch_size", 16)))
-                result = analyse_profiles(profiles, source.wavelength,
-                                          core_half_width_A=float(att_cfg.get("core_half_width_A", 0.4)))
-                result.update(model=model_name, window=window_name, n_stars=len(source))
+                result = analyse_model(out / model_name, cut(subset(test, np.arange(min(n_att, len(test)))), window),
+                                       analysis_cfg.get("queries", default_queries),
+                                       batch_size=int(analysis_cfg.get("batch_size", 16)),
+                                       core_half_width_A=float(att_cfg.get("core_half_width_A", 0.4)))
+                result["window"] = window_name
                 return result
 
             attention_result = attention_analysis(att_cfg.get("model", "stage3"), fe_win, "fe_window", att_cfg,

@@ -992,14 +992,6 @@ def simulate(
     if indices.shape != (B,):
         raise ValueError(f"indices must have shape ({B},) like the labels, got {indices.shape}")
     model = get_line_model(wavelength)
-    if B > _SUB_BATCH:
-        # stars are independent: chunks keep every (B, P) pass in cache; the numbers are the same
-        parts = [simulate({k: np.asarray(v)[rows] if np.ndim(v) else v for k, v in labels.items()},
-                          universe, seed, wavelength=wavelength, resolving_power=resolving_power,
-                          gap_config=cfg, snr=None if snr is None else np.asarray(snr)[rows],
-                          indices=indices[rows])
-                 for rows in (slice(i, i + _SUB_BATCH) for i in range(0, B, _SUB_BATCH))]
-        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     # per-star draws, always in the same order (so switches do not shift other terms' randomness)
     draws = []
     for b in range(B):

@@ -246,3 +246,29 @@ def cross_attention_profiles(
             sums[query].append(dense)
     valid = np.concatenate(valids)
     return {q: mean_profile(np.concatenate(sums[q]), valid) for q in queries}
+
+
+def analyse_model(
+    model_dir: str | Path,
+    data,
+    queries: Sequence[str],
+    batch_size: int = 16,
+    core_half_width_A: float = 0.4,
+) -> dict:
+    """Load a stage folder, profile its queries on ``data`` and compute enrichments and controls.
+
+    Args:
+        model_dir: a stage folder (``AutoModel`` + feature extractor).
+        data: a ``WindowData`` (flux, mask, wavelength) already cut to the window to analyse; every
+            star is one context.
+    Returns:
+        :func:`analyse_profiles`'s dict plus ``model`` (the folder name) and ``n_stars``.
+    """
+    from .stages import load_model
+
+    model, feature_extractor = load_model(model_dir)
+    profiles = cross_attention_profiles(model, feature_extractor, data.wavelength, data.flux, data.mask,
+                                        tuple(queries), batch_size=batch_size)
+    result = analyse_profiles(profiles, data.wavelength, core_half_width_A=core_half_width_A)
+    result.update(model=Path(model_dir).name, n_stars=int(len(data.flux)))
+    return result
