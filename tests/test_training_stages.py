@@ -123,3 +123,35 @@ def test_narrow_window_contexts_stay_inside_one_run():
     for row_wl, row_mask in zip(batch["input_wavelength"].numpy(), batch["attention_mask"].numpy()):
         used = row_wl[(row_mask == 1) & (row_wl > 0)]
         assert len(used) == 32 and used.max() - used.min() <= 49 * step + 0.01  # float32 Å
+
+
+def test_request_all_asks_every_label_and_skips_missing_ones():
+    """request="all": one query per label for every star; a star's missing label is masked out
+    (query_mask 0), so the loss equals the mean NLL over the labels the stars have."""
+    from spectrafm_hf import SpectraFMFeatureExtractor
+    from spectrafm_hf.data.schema import LABELS
+    from spectrafm_hf.training.stages import new_model, tokenize
+
+    data = toy_data(6, 4)
+    data.labels["O_FE"][[1, 4]] = np.nan  # two stars without [O/Fe]
+    fe = SpectraFMFeatureExtractor()
+    fe.fit(wavelength=data.wavelength, flux=data.flux, labels=data.labels)
+    spec = StageSpec("t", "all", "all", 6, 32, _loop(1))
+    batch = tokenize(fe, data, np.arange(6), spec, seed=1)
+    ids = [fe.token_id(k) for k in LABELS]
+    assert batch["query_ids"].shape == (6, len(LABELS))
+    assert (batch["query_ids"] == torch.tensor(ids)).all()
+    o_fe = LABELS.index("O_FE")
+    known = batch["query_mask"].bool()
+    assert not known[[1, 4], o_fe].any() and known.sum() == 6 * len(LABELS) - 2
+
+    torch.manual_seed(0)
+    model, _ = new_model(TINY_MODEL, data, fe)
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+        v = out.log_variance.exp() + batch["label_errors"] ** 2 + 1e-8
+        nll = 0.5 * ((batch["labels"] - out.mean) ** 2 / v + v.log())
+        torch.testing.assert_close(out.loss, nll[known].mean())
+    with pytest.raises(ValueError, match="'random', 'all'"):
+        StageSpec("t", "all", "every", 6, 32, _loop(1))

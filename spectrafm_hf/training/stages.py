@@ -91,8 +91,8 @@ class StageSpec:
     def __post_init__(self):
         if self.window not in WINDOWS:
             raise ValueError(f"unknown window {self.window!r}; choose one of {sorted(WINDOWS)}")
-        if isinstance(self.request, str) and self.request != "random":
-            raise ValueError(f"request must be 'random' or a list of labels, got {self.request!r}")
+        if isinstance(self.request, str) and self.request not in ("random", "all"):
+            raise ValueError(f"request must be 'random', 'all' or a list of labels, got {self.request!r}")
         if not isinstance(self.request, str):
             unknown = [r for r in self.request if r not in LABELS]
             if unknown:
@@ -232,7 +232,7 @@ def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: Stage
     if spec.narrow_window_fraction > 0:
         mask = narrow_window_mask(mask, spec.narrow_window_fraction, spec.narrow_window_pixels,
                                   np.random.default_rng([seed, 7]))
-    names = list(LABELS) if spec.request == "random" else list(spec.request)
+    names = list(LABELS) if isinstance(spec.request, str) else list(spec.request)
     labels = {k: data.labels.get(k, np.full(len(data), np.nan))[index] for k in names}
     errors = {k: data.label_errors.get(k, np.full(len(data), np.nan))[index] for k in names}
     if extra is not None:
@@ -243,8 +243,11 @@ def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: Stage
         errors = {k: np.concatenate([v, other.label_errors.get(k, np.full(len(other), np.nan))[other_index]]) for k, v in errors.items()}
     # Errors: NaN (unknown) → 0 added variance, as the paper's loss does with missing errors.
     errors = {k: np.nan_to_num(np.abs(v), nan=0.0) for k, v in errors.items()}
+    # "all": every label in one pass (queries never attend to each other, so this is the five
+    # one-label requests at once; a star's missing labels are NaN targets, left out of the loss).
+    request = names if spec.request == "all" else spec.request
     batch = feature_extractor(
-        data.wavelength, flux, mask=mask, request=spec.request, context_length=spec.context_length,
+        data.wavelength, flux, mask=mask, request=request, context_length=spec.context_length,
         sampling="random", seed=seed, labels=labels, label_errors=errors, return_tensors="pt",
     )
     return dict(batch)
