@@ -102,11 +102,17 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
     if folder.exists():
         cached = load_from_disk(str(folder))
         version = get_metadata(cached).get("simulator_version")
-        if version == SIMULATOR_VERSION:
+        if version != SIMULATOR_VERSION:
+            # a cache from another simulator version would silently mix data generations: rebuild it
+            print(f"[pipeline] {folder} was simulated by simulator {version}, this is {SIMULATOR_VERSION}: rebuilding",
+                  flush=True)
+        elif not _same_split_assignment(cached, n, splits, seed):
+            # e.g. built with other split fractions (not in the folder name), or by a version of
+            # split_indices that depended on the order of the names
+            print(f"[pipeline] {folder} holds other train/validation/test assignments than {dict(splits)}: rebuilding",
+                  flush=True)
+        else:
             return cached
-        # a cache from another simulator version would silently mix data generations: rebuild it
-        print(f"[pipeline] {folder} was simulated by simulator {version}, this is {SIMULATOR_VERSION}: rebuilding",
-              flush=True)
     labels = None
     if feh_below is not None:
         pool = sample_labels(max(1000, 100 * n), seed=seed, prior=prior)
@@ -116,6 +122,24 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
         labels = {k: np.asarray(v)[keep[:n]] for k, v in pool.items()}
     return build_simulated_dataset(folder, universe, n, seed, prior=prior, splits=dict(splits), labels=labels,
                                    progress=True, overwrite=True)
+
+
+def _same_split_assignment(cached, n: int, splits: Mapping[str, float], seed: int) -> bool:
+    """True when every split of ``cached`` holds exactly the star indices ``split_indices`` gives now
+    (ids are ``sim-<universe>-<seed>-<index>``)."""
+    from .data.schema import split_indices
+
+    expected = split_indices(n, dict(splits), seed)
+    if set(cached) != set(expected):
+        return False
+    for name, index in expected.items():
+        try:
+            held = [int(str(i).rsplit("-", 1)[1]) for i in cached[name]["id"]]
+        except (IndexError, ValueError):
+            return False
+        if held != index.tolist():
+            return False
+    return True
 
 
 def prepare_data(config: Mapping, out_dir: Path) -> dict:

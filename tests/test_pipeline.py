@@ -119,3 +119,20 @@ def test_cached_datasets_from_another_simulator_version_are_rebuilt(tmp_path, mo
     rebuilt = _cached_dataset(tmp_path, "synthetic", 8, 3, "apogee", splits)
     assert get_metadata(rebuilt)["simulator_version"] == "0.0-test"
     assert rebuilt["train"]["id"] == first["train"]["id"]  # same stars, rebuilt by the current code
+
+
+def test_cached_datasets_with_other_split_assignments_are_rebuilt(tmp_path):
+    """The cache folder name does not hold the split fractions: a cache whose train/validation/test
+    membership differs from what the config asks is rebuilt; listing the same splits in another
+    order reuses it."""
+    from spectrafm_hf.pipeline import _cached_dataset
+
+    folder = tmp_path / "synthetic-apogee-n12-seed3"
+    first = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"train": 0.5, "validation": 0.25, "test": 0.25})
+    stamp = (folder / "dataset_dict.json").stat().st_mtime_ns
+    reordered = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"test": 0.25, "train": 0.5, "validation": 0.25})
+    assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp
+    assert all(reordered[k]["id"] == first[k]["id"] for k in first)
+    other = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"train": 0.75, "validation": 0.25})
+    assert (folder / "dataset_dict.json").stat().st_mtime_ns != stamp
+    assert set(other) == {"train", "validation"} and len(other["train"]) == 9

@@ -64,6 +64,9 @@ def test_split_indices_reproducible_and_complete():
     assert not np.array_equal(a["test"], c["test"])
     with pytest.raises(ValueError, match="sum to 1"):
         schema.split_indices(10, {"train": 0.5}, seed=0)
+    # the order of the names does not matter (a YAML file may list them in any order)
+    d = schema.split_indices(101, {"test": 0.1, "validation": 0.1, "train": 0.8}, seed=5)
+    assert list(d) == ["test", "validation", "train"] and all(np.array_equal(a[k], d[k]) for k in a)
 
 
 def test_window_data_reads_whole_columns_and_honours_row_selection(tmp_path):

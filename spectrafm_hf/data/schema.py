@@ -271,16 +271,19 @@ def dataset_in_memory(
 def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
     """Reproducible random split of ``range(n)`` into named parts with the given fractions.
 
-    The last split takes the rounding remainder. Indices inside each split are sorted.
+    The parts are cut from one seeded permutation in sorted-name order, so the assignment depends
+    on the names, fractions and seed only, never on the order of the mapping (a YAML file listing
+    ``test`` before ``train`` gives the same split). The last name in sorted order takes the rounding
+    remainder. Indices inside each split are sorted; the result follows the caller's order.
     """
     total = sum(fractions.values())
     if not np.isclose(total, 1.0):
         raise ValueError(f"split fractions must sum to 1, got {dict(fractions)} (sum {total})")
     order = np.random.default_rng(seed).permutation(n)
-    out, start = {}, 0
-    names = list(fractions)
+    cut, start = {}, 0
+    names = sorted(fractions)
     for i, name in enumerate(names):
         stop = n if i == len(names) - 1 else start + int(round(fractions[name] * n))
-        out[name] = np.sort(order[start:stop])
+        cut[name] = np.sort(order[start:stop])
         start = stop
-    return out
+    return {name: cut[name] for name in fractions}

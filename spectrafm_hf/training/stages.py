@@ -12,7 +12,8 @@ scratch    the same 100 stars          4107–4618              FE_H        ever
 =========  ==========================  =====================  ==========  ===============================
 
 Every training star gets its own random context (a random subset of its valid pixels of size
-``context_length``) and, with ``request="random"``, one random label among those it has, at every step
+``context_length``) and, with ``request="random"``, one random label among those it has (with
+``request="all"``: all of them), at every step
 (the feature extractor draws both, seeded by ``seed, step, rank`` so resumed and multi-process runs draw
 the same batches as an uninterrupted single run would).
 
@@ -55,7 +56,8 @@ class StageSpec:
     Attributes:
         name: "stage1", "stage2", "stage3", "stage3_from_stage1", "scratch_transformer", ...
         window: key of :data:`WINDOWS` (the pixels the stage sees).
-        request: "random" (one random available label per star and step) or a list of labels.
+        request: "random" (one random available label per star and step, the paper's), "all" (every
+            label at every step; a star's missing labels are masked out of the loss) or a list of labels.
         batch_size: stars per optimiser step per process.
         context_length: pixels per star per step (random subset of its valid pixels).
         loop: optimiser / schedule / checkpointing (:class:`LoopConfig`).
