@@ -125,17 +125,17 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
 
 
 def _same_split_assignment(cached, n: int, splits: Mapping[str, float], seed: int) -> bool:
-    """True when every split of ``cached`` holds exactly the star indices ``split_indices`` gives now
-    (ids are ``sim-<universe>-<seed>-<index>``)."""
+    """True when every split of ``cached`` holds exactly the star indices ``split_indices`` gives now."""
     from .data.schema import split_indices
+    from .data.simulated import star_index
 
     expected = split_indices(n, dict(splits), seed)
     if set(cached) != set(expected):
         return False
     for name, index in expected.items():
         try:
-            held = [int(str(i).rsplit("-", 1)[1]) for i in cached[name]["id"]]
-        except (IndexError, ValueError):
+            held = [star_index(i) for i in cached[name]["id"]]
+        except ValueError:
             return False
         if held != index.tolist():
             return False

@@ -104,3 +104,12 @@ def test_run_simulate_cli_entry(tmp_path, capsys):
     assert "synthetic" in capsys.readouterr().out
     assert get_metadata(simulated.build_simulated_dataset(
         tmp_path / "cli", "synthetic", n=3, seed=2, overwrite=True, progress=False))["prior"] == "wide"
+
+
+def test_star_id_round_trip_and_bad_ids():
+    from spectrafm_hf.data.simulated import star_id, star_index
+
+    assert star_id("observed", 7, 42) == "sim-observed-7-42" and star_index(star_id("observed", 7, 42)) == 42
+    for bad in ("apogee-2M0000", "sim-observed-7-", "sim-observed-7-x"):
+        with pytest.raises(ValueError, match="not a simulated star id"):
+            star_index(bad)

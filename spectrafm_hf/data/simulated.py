@@ -32,10 +32,23 @@ def default_prior(universe: str) -> str:
     return "wide" if universe == "synthetic" else "apogee"
 
 
+def star_id(universe: str, seed: int, index: int) -> str:
+    """The ``id`` of simulated star ``index`` of a dataset: ``sim-<universe>-<seed>-<index>``."""
+    return f"sim-{universe}-{seed}-{int(index)}"
+
+
+def star_index(star_id_: str) -> int:
+    """The star index in an ``id`` made by :func:`star_id` (ValueError if it is not one)."""
+    head, _, index = str(star_id_).rpartition("-")
+    if not head.startswith("sim-") or not index.isdigit():
+        raise ValueError(f"{star_id_!r} is not a simulated star id (sim-<universe>-<seed>-<index>)")
+    return int(index)
+
+
 def _batch_rows(out: dict, indices: np.ndarray, universe: str, seed: int) -> dict:
     """Simulator output → a schema batch (dict of arrays, leading axis = star)."""
     batch = {key: out[key] for key in ("flux", "flux_err", "mask", "snr")}
-    batch["id"] = np.array([f"sim-{universe}-{seed}-{int(i)}" for i in indices])
+    batch["id"] = np.array([star_id(universe, seed, i) for i in indices])
     for name in LABELS:
         batch[name] = out[name]
         batch[f"{name}_ERR"] = out[f"{name}_ERR"]

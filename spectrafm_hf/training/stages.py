@@ -246,7 +246,7 @@ def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: Stage
     # Errors: NaN (unknown) → 0 added variance, as the paper's loss does with missing errors.
     errors = {k: np.nan_to_num(np.abs(v), nan=0.0) for k, v in errors.items()}
     # "all": every label in one pass (queries never attend to each other, so this is the five
-    # one-label requests at once; a star's missing labels are NaN targets, left out of the loss).
+    # one-label requests at once; a star's missing labels get query_mask 0, left out of the loss).
     request = names if spec.request == "all" else spec.request
     batch = feature_extractor(
         data.wavelength, flux, mask=mask, request=request, context_length=spec.context_length,
