@@ -21,7 +21,6 @@ This file travels to the Hugging Face Hub as remote code: it imports only numpy,
 sibling ``configuration_spectrafm`` (for the default vocabulary).
 """
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -79,6 +78,84 @@ class PreparedSpectra:
         wavelength = self.wavelength if self.wavelength.ndim == 1 else self.wavelength[index]
         return PreparedSpectra(wavelength, self.values[index], self.valid[index],
                                {k: v[index] for k, v in self.scalars.items()})
+
+
+def _unmasked_pixels(flux: np.ndarray, flux_err=None, mask=None) -> np.ndarray:
+    """(N, P) bool: finite flux, not masked, error not +inf; ``ValueError`` if ``mask`` / ``flux_err``
+    do not match ``flux`` (N, P) or an error is negative. (Outliers are judged after standardising.)"""
+    valid = np.isfinite(flux)
+    if mask is not None:
+        mask = _numpy(mask)
+        if mask.ndim == 1:
+            mask = mask[None]
+        if mask.shape != flux.shape:
+            raise ValueError(f"mask of shape {mask.shape} does not match flux of shape {flux.shape}")
+        valid &= ~mask.astype(bool)
+    if flux_err is not None:
+        flux_err = _numpy(flux_err, np.float64)
+        if flux_err.ndim == 1:
+            flux_err = flux_err[None]
+        if flux_err.shape != flux.shape:
+            raise ValueError(f"flux_err of shape {flux_err.shape} does not match flux of shape {flux.shape}")
+        negative = int((flux_err < 0).sum())
+        if negative:
+            raise ValueError(
+                f"flux_err has {negative} negative value(s); errors are 1σ and must be >= 0 "
+                "(use NaN for unknown, or mask= for bad pixels)"
+            )
+        valid &= ~np.isposinf(flux_err)
+    return valid
+
+
+# ---- context selection ----------------------------------------------------------------------
+# Each sampling mode maps the valid-pixel table (N, P) to the rows of a batch: ``row_star`` (B,), the
+# star each row reads; ``columns`` (B, W), the pixel indices it reads; ``present`` (B, W), False where
+# the row is padding. Valid pixels come first in a row.
+
+
+def _sample_random_context(valid: np.ndarray, context: int, generator: np.random.Generator):
+    """Training: one row per star, ``context`` of its valid pixels drawn at random (a uniform random
+    key per pixel, the smallest keys win; padding when the star has fewer valid pixels)."""
+    n, p = valid.shape
+    keys = generator.random((n, p))
+    keys[~valid] = 2.0  # invalid pixels sort last
+    take = min(context, p)
+    columns = np.argpartition(keys, take - 1, axis=1)[:, :take] if take < p else np.argsort(keys, axis=1)
+    present = np.take_along_axis(keys, columns, axis=1) < 2.0
+    return np.arange(n), columns, present
+
+
+def _sample_all_pixels(valid: np.ndarray):
+    """Inference: one row per star holding every valid pixel, in wavelength order; no randomness."""
+    n_valid = valid.sum(axis=1)
+    width = int(n_valid.max())
+    columns = np.argsort(~valid, axis=1, kind="stable")[:, :width]  # valid pixels first, in order
+    present = np.arange(width)[None, :] < n_valid[:, None]
+    return np.arange(len(valid)), columns, present
+
+
+def _sample_chunks(valid: np.ndarray, context: int, generator: np.random.Generator):
+    """Inference: each star's valid pixels dealt, in a random order, into the fewest disjoint chunks of at
+    most ``context`` pixels (sizes differ by at most one; each chunk in wavelength order), one row each;
+    :meth:`SpectraFMFeatureExtractor.combine_chunks` merges their predictions."""
+    n = len(valid)
+    n_valid = valid.sum(axis=1)
+    n_chunks = -(-n_valid // context)
+    row_star = np.repeat(np.arange(n), n_chunks)
+    width = int((-(-n_valid // n_chunks)).max())
+    columns = np.zeros((len(row_star), width), dtype=np.int64)
+    present = np.zeros((len(row_star), width), dtype=bool)
+    row = 0
+    for star in range(n):  # a loop over stars (not tokens): chunks of one star
+        order = np.flatnonzero(valid[star])
+        order = order[generator.permutation(order.size)]
+        k = int(n_chunks[star])
+        for chunk in range(k):  # round-robin: chunk sizes differ by at most one
+            pixels = np.sort(order[chunk::k])
+            columns[row, : pixels.size] = pixels
+            present[row, : pixels.size] = True
+            row += 1
+    return row_star, columns, present
 
 
 class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
@@ -207,19 +284,19 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
     # ---- fitting ------------------------------------------------------------------------------
     def fit(
         self,
-        dataset=None,
         *,
-        wavelength=None,
-        flux=None,
+        wavelength,
+        flux,
         mask=None,
         labels: Mapping[str, Sequence[float]] | None = None,
         max_spectra: int = 2000,
         seed: int = 0,
     ) -> "SpectraFMFeatureExtractor":
-        """Fit the standardisation statistics, in place; returns ``self``.
+        """Fit the standardisation statistics from arrays, in place; returns ``self``.
 
-        From a dataset of the project schema (``spectrafm_hf/data/schema.py``: ``flux``, ``mask``, label
-        and extra scalar columns, wavelength grid in ``info.description``) or from arrays.
+        (To fit from a dataset of the project schema, use
+        ``spectrafm_hf.data.standardisation.fit_feature_extractor_from_dataset``: it reads these
+        arrays and calls this method.)
 
         * Flux: ONE centre and scale for all pixels, from the valid flux values (not masked, finite)
           of up to ``max_spectra`` randomly chosen spectra: ``flux_median`` = their median and
@@ -235,39 +312,20 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
           99.99 % quantiles), and at least ``outlier_threshold``: flux further out than anything seen
           in training, by a factor 2, is garbage; a fixed |z| > 10 would instead cut the deepest
           real line cores of some stars.
-        * Named tokens: median and MAD-std of every named token present as a column / in ``labels``.
+        * Named tokens: median and MAD-std of every named token in ``labels``.
         * ``trained_wavelength_range``: min and max wavelength of the valid pixels.
 
         Args:
-            dataset: a ``datasets.Dataset`` (or a ``DatasetDict``, whose ``train`` split is used).
-            wavelength: vacuum Å, (P,) or (N, P); read from the dataset metadata when omitted.
-            flux: (N, P) when fitting from arrays.
+            wavelength: vacuum Å, (P,) or (N, P).
+            flux: (N, P), or (P,) for one spectrum; numpy (a memory map stays one: only the chosen
+                spectra are read), torch or a list.
             mask: (N, P) bool, True = bad pixel.
             labels: named token → (N,) physical values (NaN = unknown).
             max_spectra: cap on the spectra read for the flux statistics.
             seed: seed of the random choice of spectra.
         """
-        rng = np.random.default_rng(seed)
-        labels = dict(labels or {})
-        if dataset is not None:
-            if not hasattr(dataset, "column_names") or isinstance(dataset.column_names, dict):
-                if hasattr(dataset, "keys") and "train" in dataset.keys():
-                    dataset = dataset["train"]
-                else:
-                    raise ValueError("fit(dataset=...) needs a datasets.Dataset or a DatasetDict with a 'train' split")
-            if wavelength is None:
-                wavelength = _dataset_wavelength(dataset)
-            data = dataset.with_format("numpy")
-            n = len(data)
-            chosen = np.sort(rng.choice(n, size=min(n, max_spectra), replace=False))
-            rows = data[chosen]
-            flux = rows["flux"]
-            mask = rows["mask"] if "mask" in rows else None
-            for name in self.named_tokens:
-                if name in dataset.column_names and name not in labels:
-                    labels[name] = data[name]
         if flux is None or wavelength is None:
-            raise ValueError("fit needs a dataset, or wavelength= and flux= arrays")
+            raise ValueError("fit needs wavelength= and flux= arrays")
         flux = flux if hasattr(flux, "shape") else np.asarray(flux)  # keeps memory maps and tensors as they are
         if flux.ndim == 1:
             flux = flux[None]
@@ -276,7 +334,7 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         # Subsample before converting: a memory-mapped (100k, 7514) float32 array must not become float64.
         index = slice(None)
         if len(flux) > max_spectra:
-            index = np.sort(rng.choice(len(flux), size=max_spectra, replace=False))
+            index = np.sort(np.random.default_rng(seed).choice(len(flux), size=max_spectra, replace=False))
         flux = _numpy(flux[index], np.float64)
         wavelength = _numpy(wavelength, np.float64)
         grid = np.broadcast_to(wavelength if wavelength.ndim == 1 else wavelength[index], flux.shape)
@@ -285,20 +343,24 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
             valid &= ~_numpy(mask[index], bool).reshape(flux.shape)
         if not valid.any():
             raise ValueError("fit: every flux value is masked or non-finite; nothing to compute statistics from")
-        training_flux = flux[valid]
+        self._fit_flux_statistics(flux[valid])
+        self.trained_wavelength_range = [float(grid[valid].min()), float(grid[valid].max())]
+        for name, values in (labels or {}).items():
+            self.token_id(name)
+            values = _numpy(values, np.float64)
+            if np.isfinite(values).any():
+                self.named_token_statistics[name] = list(mad_std(values))
+        return self
+
+    def _fit_flux_statistics(self, training_flux: np.ndarray) -> None:
+        """``flux_median``, ``flux_std`` and ``flux_outlier_threshold`` from the valid flux values
+        (1-D, float64); :meth:`fit` explains the choices."""
         lo, hi = np.quantile(training_flux, [1e-4, 1.0 - 1e-4])
         trimmed = training_flux[(training_flux >= lo) & (training_flux <= hi)]
         self.flux_median = float(np.median(training_flux))
         self.flux_std = float(np.std(trimmed)) or 1.0
         extremes = (np.array([lo, hi]) - self.flux_median) / self.flux_std
         self.flux_outlier_threshold = float(max(self.outlier_threshold, 2.0 * np.abs(extremes).max()))
-        self.trained_wavelength_range = [float(grid[valid].min()), float(grid[valid].max())]
-        for name, values in labels.items():
-            self.token_id(name)
-            values = _numpy(values, np.float64)
-            if np.isfinite(values).any():
-                self.named_token_statistics[name] = list(mad_std(values))
-        return self
 
     # ---- validation and standardisation -------------------------------------------------------
     def prepare(self, wavelength, flux, flux_err=None, mask=None, scalars=None, warn: bool = True) -> PreparedSpectra:
@@ -315,8 +377,9 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         """
         if not self.is_fitted:
             raise ValueError(
-                "this feature extractor has no flux statistics: call fit(dataset) (or fit(wavelength=..., "
-                "flux=...)), or construct it with flux_median= and flux_std="
+                "this feature extractor has no flux statistics: call fit(wavelength=..., flux=...) (from a "
+                "dataset: spectrafm_hf.data.standardisation.fit_feature_extractor_from_dataset), or construct "
+                "it with flux_median= and flux_std="
             )
         flux = _numpy(flux, np.float64)
         if flux.ndim == 1:
@@ -329,6 +392,27 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         n, p = flux.shape
         if n == 0 or p == 0:
             raise ValueError(f"flux is empty (shape {flux.shape})")
+        wavelength = self._checked_wavelength(wavelength, flux.shape)
+        valid = _unmasked_pixels(flux, flux_err, mask)
+        values, within = self._standardise_flux(wavelength, flux)
+        valid &= within
+        empty = np.flatnonzero(~valid.any(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"every pixel is masked, non-finite or an outlier (|z| > {self._flux_limit:g}) in "
+                f"{empty.size} spectrum/spectra (indices {empty[:10].tolist()}{' ...' if empty.size > 10 else ''}); "
+                "drop them, or check the flux normalisation and the mask (True = bad pixel)"
+            )
+        values = np.where(valid, values, 0.0).astype(np.float32)
+        scalars_z = self._standardise_scalars(scalars, n)
+        if warn:
+            self._warn_outside_trained_range(wavelength, valid)
+        return PreparedSpectra(wavelength, values, valid, scalars_z)
+
+    def _checked_wavelength(self, wavelength, shape: tuple[int, int]) -> np.ndarray:
+        """Wavelengths (Å) as float64 (P,) or (N, P) for flux of ``shape`` (N, P); ``ValueError`` if they
+        do not match the flux, are not finite and strictly increasing, or look like µm / nm."""
+        n, p = shape
         wavelength = _numpy(wavelength, np.float64)
         if wavelength.ndim == 1:
             if wavelength.shape[0] != p:
@@ -341,7 +425,7 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
                 wavelength = wavelength[0]
             elif wavelength.shape != (n, p):
                 raise ValueError(
-                    f"wavelength of shape {wavelength.shape} does not match flux of shape {flux.shape}; "
+                    f"wavelength of shape {wavelength.shape} does not match flux of shape {shape}; "
                     "give one grid (n_pixels,) or one per spectrum (n_spectra, n_pixels)"
                 )
         else:
@@ -357,50 +441,21 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
                 "(and drop duplicates) first"
             )
         self._check_units(wavelength)
+        return wavelength
 
-        valid = np.isfinite(flux)
-        if mask is not None:
-            mask = _numpy(mask)
-            if mask.ndim == 1:
-                mask = mask[None]
-            if mask.shape != flux.shape:
-                raise ValueError(f"mask of shape {mask.shape} does not match flux of shape {flux.shape}")
-            valid &= ~mask.astype(bool)
-        if flux_err is not None:
-            flux_err = _numpy(flux_err, np.float64)
-            if flux_err.ndim == 1:
-                flux_err = flux_err[None]
-            if flux_err.shape != flux.shape:
-                raise ValueError(f"flux_err of shape {flux_err.shape} does not match flux of shape {flux.shape}")
-            negative = int((flux_err < 0).sum())
-            if negative:
-                raise ValueError(
-                    f"flux_err has {negative} negative value(s); errors are 1σ and must be >= 0 "
-                    "(use NaN for unknown, or mask= for bad pixels)"
-                )
-            valid &= ~np.isposinf(flux_err)
-        values, within = self._standardise_flux(wavelength, flux)
-        valid &= within
-        empty = np.flatnonzero(~valid.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"every pixel is masked, non-finite or an outlier (|z| > {self._flux_limit:g}) in "
-                f"{empty.size} spectrum/spectra (indices {empty[:10].tolist()}{' ...' if empty.size > 10 else ''}); "
-                "drop them, or check the flux normalisation and the mask (True = bad pixel)"
+    def _warn_outside_trained_range(self, wavelength: np.ndarray, valid: np.ndarray) -> None:
+        """Warn, with the count, about valid pixels outside ``trained_wavelength_range`` (if set)."""
+        if self.trained_wavelength_range is None:
+            return
+        lo, hi = self.trained_wavelength_range
+        grid = np.broadcast_to(wavelength, valid.shape)
+        outside = int((valid & ((grid < lo) | (grid > hi))).sum())
+        if outside:
+            warnings.warn(
+                f"{outside} of {int(valid.sum())} valid pixels lie outside the model's trained wavelength range "
+                f"{lo:.1f}–{hi:.1f} Å; predicting with them anyway (mask them to exclude them)",
+                stacklevel=4,  # the user's line: this → prepare → __call__ → user
             )
-        values = np.where(valid, values, 0.0).astype(np.float32)
-        scalars_z = self._standardise_scalars(scalars, n)
-        if warn and self.trained_wavelength_range is not None:
-            lo, hi = self.trained_wavelength_range
-            grid = np.broadcast_to(wavelength, flux.shape)
-            outside = int((valid & ((grid < lo) | (grid > hi))).sum())
-            if outside:
-                warnings.warn(
-                    f"{outside} of {int(valid.sum())} valid pixels lie outside the model's trained wavelength range "
-                    f"{lo:.1f}–{hi:.1f} Å; predicting with them anyway (mask them to exclude them)",
-                    stacklevel=3,
-                )
-        return PreparedSpectra(wavelength, values, valid, scalars_z)
 
     def _check_units(self, wavelength: np.ndarray) -> None:
         """``ValueError`` for wavelengths that look like µm or nm: µm if every value is below 100 (no
@@ -533,53 +588,45 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         if sampling not in ("random", "all"):
             raise ValueError(f"sampling must be 'random' or 'all', got {sampling!r}")
         chunked = sampling == "all" and context_length is not None
+        if chunked and int(context_length) < 1:
+            raise ValueError(f"context_length must be >= 1, got {context_length}")
         if generator is None:
             generator = np.random.default_rng(0 if seed is None and chunked else seed)
-        n, p = prepared.values.shape
+        n = len(prepared)
+        # The label draw comes before the pixel draw: keep that order, or a seed gives other batches.
         query_names, query_ids, query_mask = self._queries(prepared, request, labels, generator, n)
 
-        # Pixel selection: for each output row, the star it comes from and the pixel columns it reads.
-        valid = prepared.valid
-        n_valid = valid.sum(axis=1)
         if sampling == "random":
             context = int(context_length or self.context_length)
-            keys = generator.random((n, p))
-            keys[~valid] = 2.0  # invalid pixels sort last
-            take = min(context, p)
-            columns = np.argpartition(keys, take - 1, axis=1)[:, :take] if take < p else np.argsort(keys, axis=1)
-            row_star = np.arange(n)
-            present = np.take_along_axis(keys, columns, axis=1) < 2.0
-        elif not chunked:
-            width = int(n_valid.max())
-            columns = np.argsort(~valid, axis=1, kind="stable")[:, :width]  # valid pixels first, in order
-            row_star = np.arange(n)
-            present = np.arange(width)[None, :] < n_valid[:, None]
+            row_star, columns, present = _sample_random_context(prepared.valid, context, generator)
+        elif chunked:
+            row_star, columns, present = _sample_chunks(prepared.valid, int(context_length), generator)
         else:
-            context = int(context_length)
-            if context < 1:
-                raise ValueError(f"context_length must be >= 1, got {context_length}")
-            n_chunks = -(-n_valid // context)
-            row_star = np.repeat(np.arange(n), n_chunks)
-            width = int((-(-n_valid // n_chunks)).max())
-            columns = np.zeros((len(row_star), width), dtype=np.int64)
-            present = np.zeros((len(row_star), width), dtype=bool)
-            row = 0
-            for star in range(n):  # a loop over stars (not tokens): chunks of one star
-                order = np.flatnonzero(valid[star])
-                order = order[generator.permutation(order.size)]
-                k = int(n_chunks[star])
-                for chunk in range(k):  # round-robin: chunk sizes differ by at most one
-                    pixels = np.sort(order[chunk::k])
-                    columns[row, : pixels.size] = pixels
-                    present[row, : pixels.size] = True
-                    row += 1
+            row_star, columns, present = _sample_all_pixels(prepared.valid)
+
+        data = self._assemble_tokens(prepared, row_star, columns, present)
+        data["query_ids"] = query_ids[row_star]
+        if labels is not None:
+            target, target_err = self._targets(query_names, query_ids, labels, label_errors, n)
+            data["labels"] = target[row_star].astype(np.float32)
+            data["label_errors"] = target_err[row_star].astype(np.float32)
+            data["query_mask"] = (query_mask & np.isfinite(target))[row_star].astype(np.int64)
+            data["labels"][data["query_mask"] == 0] = 0.0
+        if chunked:
+            data["spectrum_index"] = row_star.astype(np.int64)
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _assemble_tokens(self, prepared: PreparedSpectra, row_star: np.ndarray, columns: np.ndarray,
+                         present: np.ndarray) -> dict[str, np.ndarray]:
+        """The token arrays (B, L) of the rows a sampling function picked (``row_star`` (B,): the star
+        of each row; ``columns`` (B, W): its pixels; ``present`` (B, W): False = padding): named
+        inputs first, then pixels, padding at the right."""
         star = row_star[:, None]
         pixel_values = np.where(present, prepared.values[star, columns], 0.0)
         grid = prepared.wavelength
         pixel_wavelength = grid[columns] if grid.ndim == 1 else grid[star, columns]
         pixel_wavelength = np.where(present, pixel_wavelength, 0.0)
 
-        # Named inputs first, then pixels; padding at the right.
         named = [(self.token_id(name), z) for name, z in prepared.scalars.items()]
         b = len(row_star)
         ids = [np.where(np.isfinite(z[row_star]), tid, PAD_ID)[:, None] for tid, z in named]
@@ -590,22 +637,12 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
             [np.zeros((b, len(named))), pixel_wavelength], axis=1
         ).astype(np.float32)
         input_values[input_ids == PAD_ID] = self.padding_value
-        data = {
+        return {
             "input_ids": input_ids,
             "input_values": input_values,
             "input_wavelength": input_wavelength,
             "attention_mask": (input_ids != PAD_ID).astype(np.int64),
-            "query_ids": query_ids[row_star],
         }
-        if labels is not None:
-            target, target_err = self._targets(query_names, query_ids, labels, label_errors, n)
-            data["labels"] = target[row_star].astype(np.float32)
-            data["label_errors"] = target_err[row_star].astype(np.float32)
-            data["query_mask"] = (query_mask & np.isfinite(target))[row_star].astype(np.int64)
-            data["labels"][data["query_mask"] == 0] = 0.0
-        if chunked:
-            data["spectrum_index"] = row_star.astype(np.int64)
-        return BatchFeature(data, tensor_type=return_tensors)
 
     def _queries(self, prepared, request, labels, generator, n):
         """(names (Q,) or None for per-star random, query_ids (N, Q), query_mask (N, Q) bool)."""
@@ -718,15 +755,6 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         median = np.vectorize(lambda k: stats[k][0], otypes=[float])(names)
         std = np.vectorize(lambda k: stats[k][1], otypes=[float])(names)
         return mean * std + median, np.exp(0.5 * log_variance) * std
-
-
-def _dataset_wavelength(dataset) -> np.ndarray:
-    """The wavelength grid stored in a project dataset's ``info.description`` (schema.get_wavelength;
-    repeated here because this file must stay self-contained)."""
-    try:
-        return np.asarray(json.loads(dataset.info.description)["spectrafm"]["wavelength_vac_A"], dtype=np.float64)
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise ValueError("this dataset carries no wavelength grid; pass wavelength= to fit") from err
 
 
 #: The paper's word for it. (The class itself must not be named "...Tokenizer": see module docstring.)

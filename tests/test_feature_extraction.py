@@ -29,22 +29,6 @@ def test_fit_uses_one_global_flux_statistic_and_label_statistics(toy):
     assert fe.trained_wavelength_range == [pytest.approx(toy["wavelength"][0]), pytest.approx(toy["wavelength"][-1])]
 
 
-def test_fit_from_a_schema_dataset(tmp_path, toy):
-    from spectrafm_hf.data.schema import write_dataset
-
-    def batches():
-        n = len(toy["flux"])
-        yield {"id": np.array([f"s{i}" for i in range(n)]), "flux": toy["flux"], "mask": toy["mask"],
-               "FE_H": toy["labels"]["FE_H"], "TEFF": toy["labels"]["TEFF"]}
-
-    dataset = write_dataset(tmp_path / "ds", {"train": batches}, toy["wavelength"])
-    from_dataset = SpectraFMFeatureExtractor().fit(dataset)
-    from_arrays = SpectraFMFeatureExtractor().fit(wavelength=toy["wavelength"], flux=toy["flux"], labels=toy["labels"])
-    assert from_dataset.flux_median == pytest.approx(from_arrays.flux_median, rel=1e-6)
-    assert from_dataset.flux_std == pytest.approx(from_arrays.flux_std, rel=1e-5)
-    assert from_dataset.named_token_statistics["TEFF"] == pytest.approx(from_arrays.named_token_statistics["TEFF"])
-
-
 def test_save_load_round_trip(feature_extractor, toy, tmp_path):
     feature_extractor.pixel_statistics = None
     feature_extractor.save_pretrained(tmp_path)
