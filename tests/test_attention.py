@@ -1,12 +1,15 @@
 """Attention analysis (spectrafm_hf.training.attention): profiles, line cores, enrichment, control.
 
-Reads the project's line list (spectrafm_hf/data/linelists) or, if absent, ../shared/data/linelists.
+The line list is the simulator's (``spectrafm_hf.data.simulator.lines``), cut to the strong lines.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spectrafm_hf.data import grid
+from spectrafm_hf.data import simulator as sim
 from spectrafm_hf.training import attention as at
 
 
@@ -38,7 +41,7 @@ def test_mean_profile_renormalises_each_star_over_valid_pixels():
 
 def test_fe_window_profile_on_fe_lines_is_enriched_and_beats_shuffled_control():
     wavelength = grid.apogee_wavelength()[grid.FE_WINDOW]
-    lines = at.load_line_list()
+    lines = at.strong_lines()
     fe = lines.of(at.QUERY_SPECIES["FE_H"][1])
     assert ((fe > 16157) & (fe < 16158.5)).any()  # Fe I 16157.7 Å is in the list
     cores = at.core_mask(wavelength, fe)
@@ -58,9 +61,23 @@ def test_line_list_keeps_oh_lines_for_the_oxygen_query():
     """OH is weak in the 4500 K reference giant, so it has its own threshold: the [O/Fe] query has
     lines in the first half (where stage 2's attention is analysed); a strict list has none."""
     half = grid.apogee_wavelength()[:3757]
-    default = at.load_line_list()
+    default = at.strong_lines()
     oh = default.of(at.QUERY_SPECIES["O_FE"][1])
     assert ((oh > half.min()) & (oh < half.max())).sum() >= 20
     assert len(default.of(["Mg I"])) == 9 and len(default.of(["Fe I"])) == 316  # others: min_strength 1
-    strict = at.load_line_list(species_min_strength={})
+    strict = at.strong_lines(species_min_strength={})
     assert len(strict.of(["OH"])) == 0
+
+
+def test_line_list_is_the_simulators_read_from_inside_the_package():
+    """One owner: the analysis uses the simulator's shipped list (no copy, no path outside the package)."""
+    import spectrafm_hf
+
+    assert at.LineList is sim.LineList
+    expected = sim.load_line_list(min_strength=at.MIN_STRENGTH, species_min_strength=at.SPECIES_MIN_STRENGTH)
+    lines = at.strong_lines()
+    assert np.array_equal(lines.wavelength, expected.wavelength) and np.array_equal(lines.species, expected.species)
+    package = Path(spectrafm_hf.__file__).resolve().parent
+    assert sim.LINELIST_FILE.resolve().is_relative_to(package)
+    stray = [name for name, value in vars(at).items() if isinstance(value, Path) and not value.resolve().is_relative_to(package)]
+    assert not stray, stray

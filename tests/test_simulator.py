@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from scipy.special import wofz
 
 from spectrafm_hf.data import simulator as sim
 from spectrafm_hf.data.grid import apogee_wavelength, log_linear_grid
+from spectrafm_hf.data.simulator import physics, synthesis
+from spectrafm_hf.data.simulator.line_opacity import accumulate_line_opacity
 
 
 def star(teff, logg, fe_h=0.0, mg_fe=0.0, o_fe=0.0, **extra):
@@ -130,16 +133,14 @@ def test_voigt_accuracy():
 
 def _one_line_opacity(is_gauss, eta0, width, damping, dv0=0.3, core=12, wing=0, n_fine=200, seg=(0, 200)):
     """η from the compiled kernel for one line centred on fine pixel 100 of a 1-star batch."""
-    from spectrafm_hf.data.line_opacity import accumulate_line_opacity
-
-    table = sim._voigt_table()
+    table = physics._voigt_table()
     as_arr = lambda x, dt=np.float64: np.array([x], dtype=dt)  # noqa: E731
     total = np.zeros((1, n_fine))
     accumulate_line_opacity(total, np.array([[eta0]]), np.array([[width]]), np.array([[damping]]), as_arr(100, np.int64),
                             as_arr(dv0), as_arr(seg[0], np.int64), as_arr(seg[1], np.int64), as_arr(core, np.int64),
-                            as_arr(wing, np.int64), as_arr(is_gauss, np.bool_), sim.FINE_DV_KMS, sim._voigt_corners(),
-                            table.shape[0], table.shape[1], sim._VOIGT_LOGA[0], sim._VOIGT_LOGA[2],
-                            sim._VOIGT_V_STEP, sim._VOIGT_V_MAX)
+                            as_arr(wing, np.int64), as_arr(is_gauss, np.bool_), sim.FINE_DV_KMS, physics._voigt_corners(),
+                            table.shape[0], table.shape[1], physics._VOIGT_LOGA[0], physics._VOIGT_LOGA[2],
+                            physics._VOIGT_V_STEP, physics._VOIGT_V_MAX)
     dv = 0.3 + (np.arange(n_fine) - 100) * sim.FINE_DV_KMS
     return total[0], dv
 
@@ -168,7 +169,7 @@ def test_compiled_opacity_matches_the_profiles():
 def test_chunked_batches_give_identical_spectra(monkeypatch):
     labels = star([4000.0, 5200.0, 4600.0, 3900.0, 6100.0], [1.5, 4.5, 2.5, 1.0, 4.2], fe_h=[0.0, -0.3, -1.2, 0.2, -2.0])
     whole = sim.simulate(labels, "observed", seed=3)
-    monkeypatch.setattr(sim, "_SUB_BATCH", 2)  # 5 stars → chunks of 2, 2, 1
+    monkeypatch.setattr(synthesis, "_SUB_BATCH", 2)  # 5 stars → chunks of 2, 2, 1
     chunked = sim.simulate(labels, "observed", seed=3)
     for key in whole:
         assert np.array_equal(whole[key], chunked[key], equal_nan=True), key
@@ -280,3 +281,24 @@ def test_bad_labels_raise_clear_errors():
         sim.simulate(star([4500.0], [2.0]), universe="real")
     with pytest.raises(ValueError, match="unknown gap switch"):
         sim.GapConfig().without("nope")
+
+
+def test_line_list_and_constants_are_read_from_inside_the_package():
+    """A pip-installed package has nothing beside it: the data files must live in the package."""
+    import spectrafm_hf
+
+    package = Path(spectrafm_hf.__file__).resolve().parent
+    for path in (sim.LINELIST_FILE, sim.CONSTANTS_FILE):
+        assert path.resolve().is_relative_to(package) and path.exists(), path
+    assert len(sim.load_line_list()) == 4741 and sim.calibration_constants()["T0_over_Teff"] == 0.72
+
+
+def test_line_list_strength_thresholds():
+    full = sim.load_line_list()
+    strong = sim.load_line_list(min_strength=1.0)
+    with_oh = sim.load_line_list(min_strength=1.0, species_min_strength={"OH": 0.1})
+    assert len(strong) < len(with_oh) < len(full)
+    assert len(strong.of(["OH"])) == 0 and len(with_oh.of(["OH"])) > 0
+    assert np.array_equal(strong.of(["Fe I"]), with_oh.of(["Fe I"]))  # the override touches OH only
+    with pytest.raises(ValueError, match="not found"):
+        sim.load_line_list("no/such/list.csv")

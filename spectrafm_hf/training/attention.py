@@ -18,12 +18,12 @@ attention is element-specific, not merely drawn to any absorption line.
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ..data.simulator.lines import LineList, load_line_list
 
 #: query → (element name, species names counted as that element's lines)
 QUERY_SPECIES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -32,21 +32,10 @@ QUERY_SPECIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "O_FE": ("O", ("OH", "16OH", "O I")),
 }
 
-_PROJECT_LINELIST = Path(__file__).resolve().parents[1] / "data" / "linelists"
-_SHARED_LINELIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "linelists" / "hband_lines.csv"
-
-
-@dataclass
-class LineList:
-    """Vacuum wavelengths (Å) and species names of absorption lines."""
-
-    wavelength: np.ndarray  # (M,)
-    species: np.ndarray  # (M,) str
-
-    def of(self, species: Sequence[str]) -> np.ndarray:
-        """Wavelengths of the lines whose species is in ``species``."""
-        return self.wavelength[np.isin(self.species, list(species))]
-
+#: Lines weaker than this line-centre opacity ratio η₀ in the 4500 K, logg 2 reference giant are not
+#: counted: they produce no visible absorption in a typical APOGEE giant, and the full list of 4,741
+#: would mark nearly every pixel as a "line core".
+MIN_STRENGTH = 1.0
 
 #: Per-species strength thresholds overriding ``min_strength``: OH lines are weak in the 4500 K
 #: reference giant (η₀ ≤ 0.64) yet they are the [O/Fe] indicators of cooler giants, where they are
@@ -54,33 +43,15 @@ class LineList:
 SPECIES_MIN_STRENGTH: dict[str, float] = {"OH": 0.1}
 
 
-def load_line_list(path: str | Path | None = None, min_strength: float = 1.0,
-                   species_min_strength: Mapping[str, float] | None = None) -> LineList:
-    """Read a line-list CSV (columns ``wavelength_vac_A``, ``species``).
+def strong_lines(min_strength: float = MIN_STRENGTH,
+                 species_min_strength: Mapping[str, float] | None = None) -> LineList:
+    """The simulator's shipped line list cut to the lines the analysis counts (see :data:`MIN_STRENGTH`).
 
-    Default: the project's simulator list ``spectrafm_hf/data/linelists/hband_lines_full_sim.csv``,
-    keeping lines whose line-centre opacity ratio ``eta0_ref4500g2`` (4500 K giant) is ≥
-    ``min_strength`` (per species: ``species_min_strength``, default :data:`SPECIES_MIN_STRENGTH`) —
-    the lines that produce visible absorption in a typical APOGEE giant; the full list of 4,741
-    would mark nearly every pixel as a "line core". Falls back to
-    ``../shared/data/linelists/hband_lines.csv`` (617 strong lines) when the project file is absent.
+    ``species_min_strength`` overrides ``min_strength`` per species (default
+    :data:`SPECIES_MIN_STRENGTH`; ``{}`` applies ``min_strength`` to every species).
     """
     thresholds = SPECIES_MIN_STRENGTH if species_min_strength is None else species_min_strength
-    if path is None:
-        candidate = _PROJECT_LINELIST / "hband_lines_full_sim.csv"
-        path = candidate if candidate.exists() else _SHARED_LINELIST
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"line list {path} not found; pass path= to a CSV with wavelength_vac_A, species")
-    wavelength, species = [], []
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            strength = row.get("eta0_ref4500g2")
-            if strength not in (None, "") and float(strength) < thresholds.get(row["species"].strip(), min_strength):
-                continue
-            wavelength.append(float(row["wavelength_vac_A"]))
-            species.append(row["species"].strip())
-    return LineList(np.asarray(wavelength), np.asarray(species))
+    return load_line_list(min_strength=min_strength, species_min_strength=thresholds)
 
 
 def core_mask(wavelength: np.ndarray, lines: np.ndarray, core_half_width_A: float = 0.4) -> np.ndarray:
@@ -118,7 +89,7 @@ def shuffled_control(
     rng = np.random.default_rng(seed)
     # Only lines that can fall in the analysed window matter; shuffling among them keeps the count.
     inside = (line_list.wavelength >= wavelength.min() - 1) & (line_list.wavelength <= wavelength.max() + 1)
-    local = LineList(line_list.wavelength[inside], line_list.species[inside])
+    local = line_list.subset(inside)
     n_element = int(np.isin(local.species, list(species)).sum())
     if n_element == 0 or n_element == len(local.wavelength):
         return float("nan")
@@ -166,7 +137,7 @@ def analyse_profiles(
     seed: int = 0,
 ) -> dict:
     """Enrichment and control per query: ``{"profiles": {query: {...}}, "core_half_width_A": ...}``."""
-    line_list = line_list or load_line_list()
+    line_list = line_list or strong_lines()
     wavelength = np.asarray(wavelength, np.float64)
     result: dict = {"core_half_width_A": core_half_width_A, "n_shuffles": n_shuffles, "profiles": {}}
     for query, profile in profiles.items():
@@ -264,9 +235,9 @@ def analyse_model(
     Returns:
         :func:`analyse_profiles`'s dict plus ``model`` (the folder name) and ``n_stars``.
     """
-    from .stages import load_model
+    from ..checkpoints import load_model
 
-    model, feature_extractor = load_model(model_dir)
+    model, feature_extractor = load_model(model_dir, device="cpu")
     profiles = cross_attention_profiles(model, feature_extractor, data.wavelength, data.flux, data.mask,
                                         tuple(queries), batch_size=batch_size)
     result = analyse_profiles(profiles, data.wavelength, core_half_width_A=core_half_width_A)
