@@ -1,9 +1,22 @@
 """``spectrafm convert-original SRC_DIR OUT_DIR``: an original SpectraFM checkpoint → this package's format.
 
-The original folder (format: ``../shared/docs/official-checkpoint.md``) holds ``weights.pt`` (a
-``torch.save`` dict with ``model_state_dict``), ``config.json`` (``nn_config``, ``tokenizer_config``,
-``norm_config``) and ``embed_map.npz`` (token → embedding row). The converted model reproduces the
-original forward pass: same means and σ in physical units for the same pixels.
+The original format
+-------------------
+The paper's released checkpoints, and any run of the original training code, are a folder of three files:
+
+- ``weights.pt``: a ``torch.save`` dict; its ``model_state_dict`` holds the network (key names and shapes:
+  :func:`expected_state_shapes`). The other entries (optimizer state, epoch) are not needed. The file holds
+  only tensors, dicts, strings and numbers, so it never needs full unpickling.
+- ``config.json``, three sections: ``nn_config`` (``embedding_dim`` d, ``encoder_head_num`` and
+  ``decoder_head_num`` H, ``encoder_dense_num`` and ``decoder_dense_num`` F, ``context_length``, the
+  activations and dropout rates); ``tokenizer_config`` (``vocabs``: the token names, ``syn_apogee{i}`` for
+  pixel i of the 7514-pixel APOGEE grid and label names such as ``TEFF`` or ``FE_H``; ``vocab_tokens``: the
+  integer token of each name, 1..V, 0 being padding); ``norm_config`` (``_input_mean``, ``_input_std``:
+  each value is standardised with its token's entries; length V + 1, indexed by token).
+- ``embed_map.npz``: arrays ``keys`` and ``values``, token → the embedding row it actually uses (0..V).
+
+The converted model reproduces the original forward pass: same means and σ in physical units for the
+same pixels.
 
 Mapping
 -------
@@ -29,14 +42,13 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data.grid import APOGEE_NPIX, apogee_wavelength
+from .output_guard import check_output_folder, staged_folder
 
 PIXEL_NAME = re.compile(r"^syn_apogee(\d+)$")
 NN_CONFIG_KEYS = ("context_length", "embedding_dim", "encoder_head_num", "encoder_dense_num",
@@ -46,11 +58,16 @@ ORIGINAL_LAYER_NORM_EPS = 1e-5
 
 
 # ---- reading the original folder -------------------------------------------------------------------
-def load_original_weights(path: Path) -> dict[str, torch.Tensor]:
-    """``model_state_dict`` of ``weights.pt``, loaded with ``weights_only=True`` (never arbitrary pickle)."""
+def _require_file(path: Path) -> None:
+    """Refuse a folder that lacks one of the three files, naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: an original checkpoint folder holds weights.pt, "
                                 "config.json and embed_map.npz")
+
+
+def load_original_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``model_state_dict`` of ``weights.pt``, loaded with ``weights_only=True`` (never arbitrary pickle)."""
+    _require_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -72,9 +89,8 @@ def load_original_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: an original checkpoint folder holds weights.pt, "
-                                "config.json and embed_map.npz")
+    """``config.json`` with its three sections and the keys this converter reads; GELU activations only."""
+    _require_file(path)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -99,9 +115,8 @@ def _read_config(path: Path) -> dict:
 
 
 def _read_embed_map(path: Path) -> dict[int, int]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: an original checkpoint folder holds weights.pt, "
-                                "config.json and embed_map.npz")
+    """``embed_map.npz`` as token → embedding row."""
+    _require_file(path)
     with np.load(path, allow_pickle=False) as data:
         if "keys" not in data or "values" not in data:
             raise ValueError(f"{path}: expected arrays 'keys' and 'values', found {sorted(data.files)}")
@@ -140,6 +155,134 @@ def expected_state_shapes(d: int, heads: int, dense: int, vocab: int) -> dict[st
     return shapes
 
 
+# ---- checking that the three files describe one model ----------------------------------------------
+def _dimensions(nn_cfg: dict) -> tuple[int, int, int]:
+    """(d = embedding_dim, H = encoder_head_num, F = encoder_dense_num) of an ``nn_config``."""
+    return int(nn_cfg["embedding_dim"]), int(nn_cfg["encoder_head_num"]), int(nn_cfg["encoder_dense_num"])
+
+
+def _check_vocabulary(tok: dict, cfg_path: Path) -> tuple[list[str], list[int]]:
+    """(names, tokens) of ``tokenizer_config``: one token per name, the tokens exactly 1..V."""
+    vocabs, tokens = list(tok["vocabs"]), [int(t) for t in tok["vocab_tokens"]]
+    V = len(vocabs)
+    if len(tokens) != V:
+        raise ValueError(f"{cfg_path}: tokenizer_config has {V} vocabs but {len(tokens)} vocab_tokens")
+    if sorted(tokens) != list(range(1, V + 1)):
+        raise ValueError(f"{cfg_path}: tokenizer_config.vocab_tokens must be 1..{V} each once "
+                         "(0 is padding)")
+    return vocabs, tokens
+
+
+def _read_statistics(norm: dict, V: int, cfg_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each (V+1,) float64 indexed by token, from ``norm_config``."""
+    for key in ("_input_mean", "_input_std"):
+        if len(norm[key]) != V + 1:
+            raise ValueError(f"{cfg_path}: norm_config.{key} has length {len(norm[key])}, expected "
+                             f"V + 1 = {V + 1} (indexed by token, index 0 unused)")
+    return np.asarray(norm["_input_mean"], dtype=np.float64), np.asarray(norm["_input_std"], dtype=np.float64)
+
+
+def _check_architecture(nn_cfg: dict, cfg_path: Path) -> None:
+    """The original ties the decoder's heads/widths to the encoder's and halves them block by block."""
+    d, heads, dense = _dimensions(nn_cfg)
+    if int(nn_cfg["decoder_head_num"]) != heads or int(nn_cfg["decoder_dense_num"]) != dense:
+        raise ValueError(f"{cfg_path}: nn_config decoder_head_num/decoder_dense_num "
+                         f"({nn_cfg['decoder_head_num']}, {nn_cfg['decoder_dense_num']}) differ from the "
+                         f"encoder's ({heads}, {dense}); the original architecture uses the same values")
+    if heads % 4 or dense % 8 or d % heads:
+        raise ValueError(f"{cfg_path}: nn_config needs encoder_head_num divisible by 4, "
+                         f"encoder_dense_num by 8 and embedding_dim by encoder_head_num; got "
+                         f"heads={heads}, dense={dense}, d={d}")
+
+
+def _check_state_shapes(state: dict[str, torch.Tensor], nn_cfg: dict, V: int, weights_path: Path,
+                        cfg_path: Path) -> None:
+    """``model_state_dict`` has exactly the keys and shapes that ``nn_config`` and V imply."""
+    d, heads, dense = _dimensions(nn_cfg)
+    rows = state.get("embedding_layer.embeddings")
+    if rows is not None and rows.shape[0] != V + 1:
+        # the commonest mix-up (weights of one run, config of another) gets its own message
+        raise ValueError(
+            f"{weights_path}: embedding_layer.embeddings has {rows.shape[0]} rows but "
+            f"{cfg_path} has V = {V} vocabulary tokens (expected V + 1 = {V + 1}): the two files "
+            "come from different models"
+        )
+    expected = expected_state_shapes(d, heads, dense, V)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
+             if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+        if wrong:
+            parts.append(f"wrong shapes {wrong[:6]}")
+        raise ValueError(f"{weights_path}: model_state_dict does not match nn_config of {cfg_path} "
+                         f"(d={d}, heads={heads}, dense={dense}, V={V}): " + "; ".join(parts))
+
+
+def _check_embed_map_range(embed_map: dict[int, int], V: int, emap_path: Path) -> None:
+    """Every token 0..V has a row, and every row is one of the V + 1 rows of the embedding table."""
+    absent = [t for t in range(V + 1) if t not in embed_map]
+    if absent:
+        raise ValueError(f"{emap_path}: tokens {absent[:6]} have no entry (keys must cover 0..{V})")
+    bad_rows = {t: r for t, r in embed_map.items() if not 0 <= r <= V}
+    if bad_rows:
+        raise ValueError(f"{emap_path}: rows outside 0..{V}: {dict(list(bad_rows.items())[:5])}")
+
+
+def _split_vocabulary(vocabs: list[str], tokens: list[int], embed_map: dict[int, int], cfg_path: Path):
+    """Pixel names → (grid indices, tokens); other names → (name, token, row); both kinds must exist."""
+    pixel_index, pixel_tokens, named = [], [], []
+    for name, token in zip(vocabs, tokens):
+        match = PIXEL_NAME.match(name)
+        if match:
+            index = int(match.group(1))
+            if index >= APOGEE_NPIX:
+                raise ValueError(f"{cfg_path}: pixel name {name!r} is beyond the {APOGEE_NPIX}-pixel grid")
+            pixel_index.append(index)
+            pixel_tokens.append(token)
+        else:
+            named.append((name, token, embed_map[token]))
+    if not pixel_tokens:
+        raise ValueError(f"{cfg_path}: no pixel tokens (syn_apogee<i>) in tokenizer_config.vocabs")
+    if not named:
+        raise ValueError(f"{cfg_path}: no label tokens in tokenizer_config.vocabs")
+    return pixel_index, pixel_tokens, named
+
+
+def _shared_pixel_row(pixel_tokens: list[int], named: list[tuple[str, int, int]], embed_map: dict[int, int],
+                      emap_path: Path) -> int:
+    """The ONE embedding row all pixel tokens use; no named token may use it too."""
+    pixel_rows = sorted({embed_map[t] for t in pixel_tokens})
+    if len(pixel_rows) != 1:
+        raise ValueError(
+            f"{emap_path}: pixel tokens map to {len(pixel_rows)} different embedding rows "
+            f"({pixel_rows[:5]}...); this converter needs ONE shared pixel row (as in the released "
+            "models, where every pixel maps to row 1): per-pixel embeddings cannot be expressed "
+            "by this package's grid-agnostic model"
+        )
+    pixel_row = pixel_rows[0]
+    clash = [n for n, _, r in named if r == pixel_row]
+    if clash:
+        raise ValueError(f"{emap_path}: named tokens {clash} share the pixel row {pixel_row}")
+    return pixel_row
+
+
+def _check_tokens_usable(pixel_index: list[int], named: list[tuple[str, int, int]], std: np.ndarray,
+                         cfg_path: Path) -> None:
+    """Each pixel appears once; each label has a positive spread (else σ in physical units is meaningless)."""
+    if len(set(np.asarray(pixel_index))) != len(pixel_index):
+        raise ValueError(f"{cfg_path}: a pixel name appears twice in tokenizer_config.vocabs")
+    for name, token, _ in named:
+        if not (np.isfinite(std[token]) and std[token] > 0):
+            raise ValueError(f"{cfg_path}: norm_config._input_std of {name!r} (token {token}) is "
+                             f"{std[token]}; a label needs a positive spread to report physical units")
+
+
 class OriginalCheckpoint:
     """A validated original checkpoint folder.
 
@@ -157,101 +300,24 @@ class OriginalCheckpoint:
         src = Path(src_dir)
         if not src.is_dir():
             raise FileNotFoundError(f"original checkpoint folder {str(src)!r} does not exist")
-        config = _read_config(src / "config.json")
-        embed_map = _read_embed_map(src / "embed_map.npz")
-        state = load_original_weights(src / "weights.pt")
-        nn_cfg, tok, norm = config["nn_config"], config["tokenizer_config"], config["norm_config"]
-        cfg_path = src / "config.json"
+        cfg_path, emap_path, weights_path = src / "config.json", src / "embed_map.npz", src / "weights.pt"
+        config = _read_config(cfg_path)
+        embed_map = _read_embed_map(emap_path)
+        state = load_original_weights(weights_path)
+        nn_cfg = config["nn_config"]
 
-        vocabs, tokens = list(tok["vocabs"]), [int(t) for t in tok["vocab_tokens"]]
+        vocabs, tokens = _check_vocabulary(config["tokenizer_config"], cfg_path)
         V = len(vocabs)
-        if len(tokens) != V:
-            raise ValueError(f"{cfg_path}: tokenizer_config has {V} vocabs but {len(tokens)} vocab_tokens")
-        if sorted(tokens) != list(range(1, V + 1)):
-            raise ValueError(f"{cfg_path}: tokenizer_config.vocab_tokens must be 1..{V} each once "
-                             "(0 is padding)")
-        for key in ("_input_mean", "_input_std"):
-            if len(norm[key]) != V + 1:
-                raise ValueError(f"{cfg_path}: norm_config.{key} has length {len(norm[key])}, expected "
-                                 f"V + 1 = {V + 1} (indexed by token, index 0 unused)")
-        self.mean = np.asarray(norm["_input_mean"], dtype=np.float64)
-        self.std = np.asarray(norm["_input_std"], dtype=np.float64)
-
-        d, heads, dense = (int(nn_cfg[k]) for k in ("embedding_dim", "encoder_head_num", "encoder_dense_num"))
-        if int(nn_cfg["decoder_head_num"]) != heads or int(nn_cfg["decoder_dense_num"]) != dense:
-            raise ValueError(f"{cfg_path}: nn_config decoder_head_num/decoder_dense_num "
-                             f"({nn_cfg['decoder_head_num']}, {nn_cfg['decoder_dense_num']}) differ from the "
-                             f"encoder's ({heads}, {dense}); the original architecture uses the same values")
-        if heads % 4 or dense % 8 or d % heads:
-            raise ValueError(f"{cfg_path}: nn_config needs encoder_head_num divisible by 4, "
-                             f"encoder_dense_num by 8 and embedding_dim by encoder_head_num; got "
-                             f"heads={heads}, dense={dense}, d={d}")
-        rows = state.get("embedding_layer.embeddings")
-        if rows is not None and rows.shape[0] != V + 1:
-            raise ValueError(
-                f"{src / 'weights.pt'}: embedding_layer.embeddings has {rows.shape[0]} rows but "
-                f"{cfg_path} has V = {V} vocabulary tokens (expected V + 1 = {V + 1}): the two files "
-                "come from different models"
-            )
-        expected = expected_state_shapes(d, heads, dense, V)
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in expected
-                 if k in state and tuple(state[k].shape) != expected[k]]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing[:6]}{' ...' if len(missing) > 6 else ''}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
-            if wrong:
-                parts.append(f"wrong shapes {wrong[:6]}")
-            raise ValueError(f"{src / 'weights.pt'}: model_state_dict does not match nn_config of {cfg_path} "
-                             f"(d={d}, heads={heads}, dense={dense}, V={V}): " + "; ".join(parts))
+        self.mean, self.std = _read_statistics(config["norm_config"], V, cfg_path)
+        _check_architecture(nn_cfg, cfg_path)
+        _check_state_shapes(state, nn_cfg, V, weights_path, cfg_path)
         self.state = {k: v.float() for k, v in state.items()}
         self.nn_config = nn_cfg
 
-        emap_path = src / "embed_map.npz"
-        absent = [t for t in range(V + 1) if t not in embed_map]
-        if absent:
-            raise ValueError(f"{emap_path}: tokens {absent[:6]} have no entry (keys must cover 0..{V})")
-        bad_rows = {t: r for t, r in embed_map.items() if not 0 <= r <= V}
-        if bad_rows:
-            raise ValueError(f"{emap_path}: rows outside 0..{V}: {dict(list(bad_rows.items())[:5])}")
-
-        pixel_index, pixel_tokens, named = [], [], []
-        for name, token in zip(vocabs, tokens):
-            match = PIXEL_NAME.match(name)
-            if match:
-                index = int(match.group(1))
-                if index >= APOGEE_NPIX:
-                    raise ValueError(f"{cfg_path}: pixel name {name!r} is beyond the {APOGEE_NPIX}-pixel grid")
-                pixel_index.append(index)
-                pixel_tokens.append(token)
-            else:
-                named.append((name, token, embed_map[token]))
-        if not pixel_tokens:
-            raise ValueError(f"{cfg_path}: no pixel tokens (syn_apogee<i>) in tokenizer_config.vocabs")
-        if not named:
-            raise ValueError(f"{cfg_path}: no label tokens in tokenizer_config.vocabs")
-        pixel_rows = sorted({embed_map[t] for t in pixel_tokens})
-        if len(pixel_rows) != 1:
-            raise ValueError(
-                f"{emap_path}: pixel tokens map to {len(pixel_rows)} different embedding rows "
-                f"({pixel_rows[:5]}...); this converter needs ONE shared pixel row (as in the released "
-                "models, where every pixel maps to row 1): per-pixel embeddings cannot be expressed "
-                "by this package's grid-agnostic model"
-            )
-        self.pixel_row = pixel_rows[0]
-        clash = [n for n, _, r in named if r == self.pixel_row]
-        if clash:
-            raise ValueError(f"{emap_path}: named tokens {clash} share the pixel row {self.pixel_row}")
-        if len(set(np.asarray(pixel_index))) != len(pixel_index):
-            raise ValueError(f"{cfg_path}: a pixel name appears twice in tokenizer_config.vocabs")
-        for name, token, _ in named:
-            if not (np.isfinite(self.std[token]) and self.std[token] > 0):
-                raise ValueError(f"{cfg_path}: norm_config._input_std of {name!r} (token {token}) is "
-                                 f"{self.std[token]}; a label needs a positive spread to report physical units")
+        _check_embed_map_range(embed_map, V, emap_path)
+        pixel_index, pixel_tokens, named = _split_vocabulary(vocabs, tokens, embed_map, cfg_path)
+        self.pixel_row = _shared_pixel_row(pixel_tokens, named, embed_map, emap_path)
+        _check_tokens_usable(pixel_index, named, self.std, cfg_path)
         self.pixel_index = np.asarray(pixel_index, dtype=np.int64)
         self.pixel_tokens = np.asarray(pixel_tokens, dtype=np.int64)
         self.named = named
@@ -263,7 +329,7 @@ def build_config(ckpt: OriginalCheckpoint):
     from .configuration_spectrafm import SpectraFMConfig
 
     nn_cfg = ckpt.nn_config
-    d, heads, dense = int(nn_cfg["embedding_dim"]), int(nn_cfg["encoder_head_num"]), int(nn_cfg["encoder_dense_num"])
+    d, heads, dense = _dimensions(nn_cfg)
     return SpectraFMConfig.paper(
         d_model=d,
         encoder_heads=[heads, heads // 2],
@@ -366,12 +432,11 @@ def run_convert_original(args) -> int:
     Writes the converted checkpoint atomically (a temporary sibling folder renamed into place), so a
     failed conversion never leaves a half-written ``OUT_DIR``.
     """
-    from .hub.cards import CardInfo
-    from .hub.remote_code import save_checkpoint
+    from .checkpoints import save_checkpoint
+    from .hub.cards import CardInfo, render_card
 
-    out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()) and not getattr(args, "overwrite", False):
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    out = check_output_folder(args.out_dir, overwrite=getattr(args, "overwrite", False), inputs=[args.src_dir],
+                              option="OUT_DIR")
     ckpt = OriginalCheckpoint(args.src_dir)
     model = build_model(ckpt)
     feature_extractor = build_feature_extractor(ckpt, model.config)
@@ -392,16 +457,8 @@ def run_convert_original(args) -> int:
         source=str(Path(args.src_dir).resolve()),
         extra_tags=["converted-original"],
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save_checkpoint(model, feature_extractor, tmp, card=card)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with staged_folder(out, kind="checkpoint") as staging:
+        save_checkpoint(model, feature_extractor, staging, card=render_card(card))
     print(f"converted {args.src_dir} → {out} ({len(ckpt.pixel_index)} pixels, labels "
           f"{', '.join(n for n, _, _ in ckpt.named)}, {sum(p.numel() for p in model.parameters())} parameters)")
     return 0

@@ -184,7 +184,8 @@ def reference_forward(folder: Path, pixel_indices: np.ndarray, flux: np.ndarray,
     for i in range(3, 7):
         z = F.gelu(F.linear(z, state[f"torch_decoder.decoder_dense_{i}.weight"].double(),
                             state[f"torch_decoder.decoder_dense_{i}.bias"].double()))
-    mean_std = F.linear(z, state["torch_decoder.decoder_out.weight"].double(), state["torch_decoder.decoder_out.bias"].double())
+    mean_std = F.linear(z, state["torch_decoder.decoder_out.weight"].double(),
+                        state["torch_decoder.decoder_out.bias"].double())
     logvar = F.linear(z, state["torch_decoder.decoder_logvar_out.weight"].double(),
                       state["torch_decoder.decoder_logvar_out.bias"].double())
 
@@ -380,6 +381,43 @@ def test_per_pixel_embedding_rows_are_refused(original, tmp_path):
         OriginalCheckpoint(src)
 
 
+def _edit_config(folder, edit):
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _edit_embed_map(folder, token, row):
+    with np.load(folder / "embed_map.npz") as data:
+        keys, values = data["keys"], data["values"].copy()
+    values[keys == token] = row
+    np.savez(folder / "embed_map.npz", keys=keys, values=values)
+
+
+# tokens in build_original_folder: 1..7514 the pixels, 7515..7519 TEFF, LOGG, O_FE, MG_FE, FE_H
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: _edit_config(f, lambda c: c["nn_config"].update(decoder_head_num=8)),
+     r"config.json: nn_config decoder_head_num/decoder_dense_num \(8, 32\) differ from the encoder's"),
+    (lambda f: _edit_config(f, lambda c: c["nn_config"].update(decoder_activation="relu")),
+     r"config.json: nn_config.decoder_activation = 'relu'; only 'gelu'"),
+    (lambda f: _edit_config(f, lambda c: c["tokenizer_config"]["vocabs"].__setitem__(0, "syn_apogee9999")),
+     r"config.json: pixel name 'syn_apogee9999' is beyond the 7514-pixel grid"),
+    (lambda f: _edit_config(f, lambda c: c["tokenizer_config"]["vocabs"].__setitem__(1, "syn_apogee0")),
+     r"config.json: a pixel name appears twice"),
+    (lambda f: _edit_config(f, lambda c: c["norm_config"]["_input_std"].__setitem__(7516, 0.0)),
+     r"config.json: norm_config._input_std of 'LOGG' \(token 7516\) is 0.0; a label needs a positive spread"),
+    (lambda f: _edit_embed_map(f, 7516, 1), r"embed_map.npz: named tokens \['LOGG'\] share the pixel row 1"),
+    (lambda f: _edit_embed_map(f, 7, 9999), r"embed_map.npz: rows outside 0..7519: \{7: 9999\}"),
+], ids=["decoder-heads", "activation", "beyond-grid", "duplicate-pixel", "label-std-0", "row-clash",
+        "row-out-of-range"])
+def test_inconsistent_config_and_embed_map_are_named(original, tmp_path, edit, message):
+    """Each consistency rule between the three files is checked, naming the file at fault."""
+    src = _copy(original, tmp_path)
+    edit(src)
+    with pytest.raises(ValueError, match=message):
+        OriginalCheckpoint(src)
+
+
 def test_missing_file_is_named(original, tmp_path):
     src = _copy(original, tmp_path)
     (src / "embed_map.npz").unlink()
@@ -391,7 +429,8 @@ def test_paper_size_checkpoint_converts_and_matches(tmp_path):
     """The paper's dimensions (d = 256, 16 heads, dense 2048, context 512, 7514 pixels + 5 labels):
     11.87 M parameters in the original, reproduced to 1e-5 relative on 512 pixels."""
     original = build_original_folder(tmp_path / "paper", d=256, heads=16, dense=2048, context_length=512, seed=5)
-    n_params = sum(v.numel() for v in torch.load(original / "weights.pt", weights_only=True)["model_state_dict"].values())
+    state = torch.load(original / "weights.pt", weights_only=True)["model_state_dict"]
+    n_params = sum(v.numel() for v in state.values())
     assert 11.8e6 < n_params < 11.9e6
     out = tmp_path / "converted"
     run_convert_original(argparse.Namespace(src_dir=str(original), out_dir=str(out), overwrite=False))
