@@ -22,13 +22,14 @@ _COMMANDS = {
 
 
 def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    """Declare the arguments of subcommand ``name`` on ``p`` (also used by training/stage*.py)."""
+    """Declare the arguments of subcommand ``name`` on ``p``."""
     if name == "predict":
         p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
         p.add_argument("--input", required=True, help="spectra file (.npz, ...)")
         p.add_argument("--request", action="append", required=True, metavar="LABEL",
                        help="label to predict (repeatable), e.g. --request FE_H --request TEFF")
         p.add_argument("--output", required=True, help="output CSV")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--context", default="all",
                        help="'all' = every valid pixel at once, or an int: disjoint chunks of that size")
@@ -59,11 +60,9 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
                        help="apStar APOGEE_PIXMASK bits treated as bad, comma-separated (default 0-7,12)")
         p.add_argument("--no-progress", action="store_true")
     elif name == "pipeline":
-        p.add_argument("--config", required=True, help="YAML config, e.g. training/configs/quickstart.yaml")
-        p.add_argument("--out", required=True, help="run folder")
-        p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-        p.add_argument("--stage3-trainer", choices=["accelerate", "transformers"], default=None,
-                       help="run stage 3 through Accelerate (default) or transformers.Trainer")
+        from .pipeline import add_pipeline_arguments  # declared by the pipeline (training/stage*.py use it too)
+
+        add_pipeline_arguments(p)
     elif name == "publish":
         p.add_argument("stage_dir")
         p.add_argument("--repo-id", required=True)
@@ -79,22 +78,51 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectrafm", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, _, help_text) in _COMMANDS.items():
-        add_command_arguments(name, sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_command_arguments(name, command)
+        # also accepted after the subcommand; SUPPRESS keeps the top-level value when absent
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; every failure ends in one line on stderr and a non-zero exit code.
+
+    Exit codes: 0 success, 2 bad input (the message names the value and the fix), 1 an unexpected
+    error (``spectrafm --debug ...`` shows its traceback), 130 interrupted with Ctrl-C.
+    """
     args = build_parser().parse_args(argv)
     module_name, function_name, _ = _COMMANDS[args.command]
-    run = getattr(importlib.import_module(module_name), function_name)
     try:
+        run = getattr(importlib.import_module(module_name), function_name)
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"spectrafm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as err:
+        if args.debug:
+            raise
         # Bad input: a one-line message naming the problem is more useful than a traceback.
-        print(f"spectrafm {args.command}: error: {err}", file=sys.stderr)
+        print(f"spectrafm {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        if args.debug:
+            raise
+        print(f"spectrafm {args.command}: unexpected error: {type(err).__name__}: {_one_line(err)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (multi-line messages are joined)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

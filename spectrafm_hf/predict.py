@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .checkpoints import load_model  # also public here: ``from spectrafm_hf.predict import load_model``
+from .checkpoints import resolve_device as _device
 from .feature_extraction_spectrafm import SpectraFMFeatureExtractor
 
 
@@ -42,31 +44,6 @@ class LabelPredictions:
             columns[name] = self.values[name]
             columns[f"{name}_err"] = self.errors[name]
         return columns
-
-
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None):
-    """(model, feature_extractor) from a checkpoint folder or Hub repo, via the Auto classes.
-
-    Weights load from safetensors only (never pickle); the model is put in eval mode on ``device``.
-    """
-    from transformers import AutoFeatureExtractor, AutoModel
-
-    from . import registration  # noqa: F401  (Auto class registration)
-
-    path = str(name_or_path)
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} has no config.json: not a SpectraFM checkpoint folder")
-    model = AutoModel.from_pretrained(path, use_safetensors=True)
-    feature_extractor = AutoFeatureExtractor.from_pretrained(path)
-    feature_extractor.check_compatible(model.config)
-    model.to(_device(device)).eval()
-    return model, feature_extractor
-
-
-def _device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()
@@ -175,7 +152,10 @@ def write_predictions_csv(path: str | os.PathLike, predictions: LabelPredictions
 def run_predict(args) -> int:
     """``spectrafm predict --model DIR --input FILE --request FE_H [...] --output OUT.csv``."""
     from .data.readers import read_spectra
+    from .output_guard import check_output_file
 
+    # before any work: a bad --output must not throw away the predictions made for it
+    check_output_file(args.output, overwrite=getattr(args, "overwrite", False), inputs=[args.input])
     spectra = read_spectra(args.input)
     model, feature_extractor = load_model(args.model, device=args.device)
     predictions = predict_labels(

@@ -1,4 +1,4 @@
-"""Label prior: what a catalogue of simulated stars looks like (``docs/simulator.md``, "Label prior").
+"""Label prior: what a catalogue of simulated stars looks like.
 
 Two priors:
 

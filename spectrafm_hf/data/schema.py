@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-LABELS: tuple[str, ...] = ("TEFF", "LOGG", "FE_H", "MG_FE", "O_FE")
-LABEL_UNITS: dict[str, str] = {"TEFF": "K", "LOGG": "dex (cgs)", "FE_H": "dex", "MG_FE": "dex", "O_FE": "dex"}
-#: The paper's label order in its array release (``labels_*.npy``).
-PAPER_LABEL_ORDER: tuple[str, ...] = ("TEFF", "LOGG", "O_FE", "MG_FE", "FE_H")
+from ..output_guard import check_output_folder, staged_folder
+
+# The label vocabulary is owned by .labels; the schema's label columns are built from it (and the
+# names stay importable from here, where most data code looks for them).
+from .labels import LABEL_COLUMNS, LABEL_UNITS, LABELS, PAPER_LABEL_ORDER, error_column  # noqa: F401
 
 _METADATA_KEY = "spectrafm"
 
@@ -60,7 +59,7 @@ def spectra_features(n_pixels: int, extra_scalars: Iterable[str] = ()):
     }
     for label in LABELS:
         columns[label] = Value("float32")
-        columns[f"{label}_ERR"] = Value("float32")
+        columns[error_column(label)] = Value("float32")
     columns["snr"] = Value("float32")
     for name in extra_scalars:
         if name in columns:
@@ -120,7 +119,7 @@ def _normalise_batch(batch: BatchDict, n_pixels: int, extra_scalars: tuple[str, 
     if ids.shape != (n,):
         raise ValueError(f"batch 'id' must have shape ({n},), got {ids.shape}")
     columns = {"id": ids, "flux": flux, "flux_err": flux_err, "mask": mask | ~np.isfinite(flux)}
-    for name in (*LABELS, *(f"{l}_ERR" for l in LABELS), "snr", *extra_scalars):
+    for name in (*LABEL_COLUMNS, *extra_scalars):
         value = batch.get(name)
         value = np.full(n, np.nan, np.float32) if value is None else np.asarray(value, np.float32)
         if value.shape != (n,):
@@ -202,7 +201,9 @@ def write_dataset(
         wavelength: vacuum Å, shape (P,).
         metadata: JSON-able provenance (source, seed, universe, ...) stored with the grid.
         extra_scalars: names of extra float32 columns present in the batches.
-        overwrite: replace an existing ``out_dir``; otherwise an existing folder is an error.
+        overwrite: replace an existing ``out_dir`` that this package wrote (a non-empty folder it did not
+            write is never replaced, see :mod:`spectrafm_hf.output_guard`); without it a non-empty
+            folder is an error.
     """
     from datasets import load_from_disk
 
@@ -210,26 +211,18 @@ def write_dataset(
     wavelength = np.asarray(wavelength, dtype=np.float64)
     if wavelength.ndim != 1:
         raise ValueError(f"wavelength must be 1-D (P,), got shape {wavelength.shape}")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True or choose another --out")
+    check_output_folder(out_dir, overwrite=overwrite)
     extra_scalars = tuple(extra_scalars)
     features = spectra_features(len(wavelength), extra_scalars)
     description = _encode_metadata(wavelength, metadata)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a hidden sibling and rename into place only when complete: an interrupted or failed
-    # build never leaves a folder that looks like a valid dataset.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        final = staging / "final"
+    # Built in a hidden staging sibling and moved into place only when complete: an interrupted or
+    # failed build never leaves a folder that looks like a valid dataset (and a killed one's staging
+    # folder is removed by the next build).
+    with staged_folder(out_dir, kind="dataset") as final:
         for name, make_batches in split_batches.items():
             _write_split(final / name, name, make_batches(), features, description, extra_scalars)
         (final / "dataset_dict.json").write_text(json.dumps({"splits": list(split_batches)}))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(final, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return load_from_disk(str(out_dir))
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import simulator as sim
 from .prior import sample_labels  # noqa: F401  (re-exported for callers)
-from .schema import LABELS, split_indices, write_dataset
+from .labels import LABELS
+from .schema import split_indices, write_dataset
 
 NUISANCE_COLUMNS = sim.NUISANCE_LABELS
 TRUE_COLUMNS = tuple(f"TRUE_{name}" for name in LABELS)
@@ -178,7 +179,7 @@ def build_simulated_dataset(
         "source": "simulator", "universe": universe, "seed": int(seed), "prior": prior, "n": int(n),
         "gap_config": cfg.to_dict(), "simulator_version": sim.SIMULATOR_VERSION,
         "resolving_power": float(resolving_power), "splits": {k: float(v) for k, v in (splits or DEFAULT_SPLITS).items()},
-        "note": "one-layer physical simulator (docs/simulator.md): realistic relative behaviour, not for abundance work",
+        "note": "one-layer physical simulator (spectrafm_hf.data.simulator): realistic relative behaviour, not for abundance work",
     }
     try:
         dataset = write_dataset(out_dir, {name: make_batches(rows) for name, rows in parts.items()},
