@@ -30,7 +30,8 @@ def main(argv=None) -> None:
     import datasets
 
     from spectrafm_hf.training.attention import analyse_model
-    from spectrafm_hf.training.stages import WINDOWS, concatenate, subset, window_data
+    from spectrafm_hf.data.arrays import concatenate, subset, window_data
+    from spectrafm_hf.training.stages import WINDOWS
 
     cache = Path(args.cache)
     for name in (args.observed, args.iron_poor):

@@ -8,7 +8,9 @@ import math
 
 from transformers import PreTrainedConfig
 
-#: The five APOGEE labels of the paper, in the vocabulary order used by default.
+#: The five APOGEE labels of the paper, in the vocabulary order used by default. A copy of
+#: ``spectrafm_hf.data.labels.LABELS`` (this file travels to the Hub alone, so it imports nothing of
+#: the package; tests/test_schema.py checks the two agree).
 DEFAULT_NAMED_TOKENS = ("TEFF", "LOGG", "FE_H", "MG_FE", "O_FE")
 
 #: Median / MAD-std (physical units) of the labels of the paper's released checkpoints.

@@ -31,7 +31,9 @@ from transformers import BatchFeature, SequenceFeatureExtractor
 from .configuration_spectrafm import DEFAULT_NAMED_TOKENS, PAPER_LABEL_STATISTICS
 
 PAD_ID, PIXEL_ID, FIRST_NAMED_ID = 0, 1, 2
-MAD_TO_STD = 1.482602218505602  # σ of a Gaussian / its median absolute deviation
+# σ of a Gaussian / its median absolute deviation: astropy.stats.mad_std's constant, which the package
+# uses elsewhere; a copy here because this file travels to the Hub and imports no astropy.
+MAD_TO_STD = 1.482602218505602
 
 
 def _numpy(x, dtype=None) -> np.ndarray:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from spectrafm_hf.training.baselines import WindowData, fit_cannon, fit_ridge, fit_scratch_mlp
+from spectrafm_hf.data.arrays import WindowData
+from spectrafm_hf.training.baselines import fit_cannon, fit_ridge, fit_scratch_mlp
 
 
 def toy_window(n, seed, feh_range=(-0.8, 0.4), n_pixels=40):

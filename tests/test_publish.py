@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from spectrafm_hf.hub import publish
-from spectrafm_hf.hub.remote_code import MODEL_CODE_FILES
+from spectrafm_hf.checkpoints import MODEL_CODE_FILES
 
 AUTO_MAP = {
     "AutoConfig": "configuration_spectrafm.SpectraFMConfig",

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures.dr17_layouts import aspcap_arrays, write_aspcapstar  # noqa: E402
 
 from spectrafm_hf.data import grid, tables  # noqa: E402
-from spectrafm_hf.data.readers import SpectraInput, read_spectra  # noqa: E402
+from spectrafm_hf.data.readers import read_spectra  # noqa: E402
+from spectrafm_hf.data.spectra_input import SpectraInput  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "apStar-dr17-2M19485057+5005279.fits.gz"
 

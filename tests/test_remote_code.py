@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from spectrafm_hf import SpectraFMConfig, SpectraFMFeatureExtractor
-from spectrafm_hf.hub.cards import CardInfo
-from spectrafm_hf.hub.remote_code import MODEL_CODE_FILES, check_self_contained, save_checkpoint
+from spectrafm_hf.checkpoints import MODEL_CODE_FILES, check_self_contained, save_checkpoint
+from spectrafm_hf.hub.cards import CardInfo, render_card
 from spectrafm_hf.modeling_spectrafm import SpectraFMForLabelPrediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ CHILD = textwrap.dedent('''
 
 def make_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     """A tiny, randomly initialised SpectraFM checkpoint (log wavelength encoding, 5 labels), saved with
-    ``save_checkpoint`` and a stage-1 card."""
+    ``save_checkpoint`` and a rendered stage-1 card."""
     torch.manual_seed(seed)
     model = SpectraFMForLabelPrediction(SpectraFMConfig.tiny()).eval()
     fe = SpectraFMFeatureExtractor(flux_median=0.98, flux_std=0.05, trained_wavelength_range=[15100.0, 17000.0],
@@ -80,7 +80,7 @@ def make_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     card = CardInfo(stage="stage1", labels=list(model.config.named_tokens),
                     training_data="Random initialisation (a test fixture, never trained).",
                     wavelength_range_A=(15100.0, 17000.0), repo_id="org/spectrafm-tiny")
-    return save_checkpoint(model, fe, out_dir, card=card)
+    return save_checkpoint(model, fe, out_dir, card=render_card(card))
 
 
 def make_inputs(path: Path, n: int = 3, n_pixels: int = 300, seed: int = 0) -> Path:
@@ -190,3 +190,26 @@ def test_self_containment_check_rejects_package_imports(tmp_path):
         check_self_contained(bad)
     for name in MODEL_CODE_FILES:  # the package's own files pass
         check_self_contained(REPO / "spectrafm_hf" / name)
+
+
+def test_save_checkpoint_takes_rendered_cards_only(tmp_path):
+    """The writer sits below the Hub layer: Markdown text or an object with ``.save`` is written as
+    README.md; an unrendered ``CardInfo`` is refused before anything is written."""
+    model = SpectraFMForLabelPrediction(SpectraFMConfig.tiny()).eval()
+    fe = SpectraFMFeatureExtractor(flux_median=1.0, flux_std=0.05, context_length=64)
+    folder = save_checkpoint(model, fe, tmp_path / "text", card="---\nlicense: mit\n---\n# A card\n")
+    assert "# A card" in (folder / "README.md").read_text()
+    assert not (save_checkpoint(model, fe, tmp_path / "none") / "README.md").exists()
+    info = CardInfo(stage="stage1", labels=["FE_H"], training_data="nothing")
+    with pytest.raises(TypeError, match="render_card"):
+        save_checkpoint(model, fe, tmp_path / "info", card=info)
+    assert not (tmp_path / "info").exists()
+
+
+def test_checkpoints_module_never_imports_the_hub_layer():
+    import ast
+
+    tree = ast.parse((REPO / "spectrafm_hf" / "checkpoints.py").read_text(encoding="utf-8"))
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not [name for name in imported if name == "hub" or name.startswith(("hub.", "spectrafm_hf.hub"))]

@@ -69,24 +69,15 @@ def test_split_indices_reproducible_and_complete():
     assert list(d) == ["test", "validation", "train"] and all(np.array_equal(a[k], d[k]) for k in a)
 
 
-def test_window_data_reads_whole_columns_and_honours_row_selection(tmp_path):
-    """training.stages.window_data (whole Arrow buffers) equals the dataset's own rows, after select()."""
-    from spectrafm_hf.training.stages import window_data
+def test_label_columns_come_from_the_one_label_table():
+    """The schema's label columns, and the remote-code copy of the label names, follow data.labels."""
+    from spectrafm_hf.configuration_spectrafm import DEFAULT_NAMED_TOKENS
+    from spectrafm_hf.data import labels
 
-    def batches():
-        rng = np.random.default_rng(0)
-        for start in range(0, 10, 4):
-            b = min(4, 10 - start)
-            yield {"id": np.array([f"s{start + i}" for i in range(b)]), "flux": rng.random((b, P)).astype(np.float32),
-                   "mask": rng.random((b, P)) < 0.2, "TEFF": np.arange(start, start + b) + 4000.0}
-
-    ds = schema.write_dataset(tmp_path / "d", {"train": batches, "empty": _batches(0)}, WAVE)
-    rows, pixels = [7, 2, 9], slice(3, 11)
-    data = window_data(ds["train"], pixels, rows=rows)
-    np.testing.assert_array_equal(data.flux, np.stack([ds["train"][r]["flux"] for r in rows])[:, pixels])
-    np.testing.assert_array_equal(data.mask, np.stack([ds["train"][r]["mask"] for r in rows])[:, pixels])
-    np.testing.assert_array_equal(data.labels["TEFF"], [4007.0, 4002.0, 4009.0])
-    assert np.isnan(data.labels["LOGG"]).all() and data.flux.dtype == np.float32 and data.mask.dtype == bool
-    np.testing.assert_allclose(data.wavelength, WAVE[pixels])
-    empty = window_data(ds["empty"], pixels)
-    assert empty.flux.shape == (0, 8) and empty.labels["TEFF"].shape == (0,)
+    assert labels.LABEL_COLUMNS == (*labels.LABELS, *(f"{k}_ERR" for k in labels.LABELS), "snr")
+    assert labels.error_column("FE_H") == "FE_H_ERR" and labels.ERROR_COLUMNS[0] == "TEFF_ERR"
+    for table in (labels.LABEL_UNITS, labels.LABEL_DESCRIPTIONS, labels.LABEL_DISPLAY_NAMES, labels.LABEL_LATEX):
+        assert set(table) == set(labels.LABELS)
+    features = schema.spectra_features(P)
+    assert all(name in features for name in labels.LABEL_COLUMNS)
+    assert schema.LABELS is labels.LABELS and tuple(DEFAULT_NAMED_TOKENS) == labels.LABELS

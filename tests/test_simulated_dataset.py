@@ -9,7 +9,8 @@ import pytest
 
 from spectrafm_hf.data import simulated, simulator
 from spectrafm_hf.data.grid import APOGEE_NPIX
-from spectrafm_hf.data.schema import LABELS, get_metadata, get_wavelength
+from spectrafm_hf.data.labels import LABEL_COLUMNS
+from spectrafm_hf.data.schema import get_metadata, get_wavelength
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_schema_and_metadata(built):
     assert sum(len(s) for s in ds.values()) == 10
     row = ds["train"][0]
     assert len(row["flux"]) == len(row["flux_err"]) == len(row["mask"]) == APOGEE_NPIX
-    for name in (*LABELS, *(f"{l}_ERR" for l in LABELS), "snr", "VMICRO", "C_FE", "N_FE", "TRUE_FE_H"):
+    for name in (*LABEL_COLUMNS, "VMICRO", "C_FE", "N_FE", "TRUE_FE_H"):
         assert name in ds["train"].column_names
     assert row["id"].startswith("sim-observed-7-")
     meta = get_metadata(ds)

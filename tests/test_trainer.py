@@ -59,6 +59,32 @@ def test_collator_batches_are_reproducible_and_never_request_missing_labels(feat
         SpectraFMCollator(feature_extractor, wavelength, pixel_window=[(16000.0, 16100.0)])
 
 
+def test_rows_and_window_data_go_through_one_batcher(feature_extractor):
+    """Dataset rows (the Trainer path) and WindowData stars (the Accelerate path) make the same batch from
+    the same stars and batch seed: narrow windows, "all" requests and missing labels included."""
+    from spectrafm_hf.data.arrays import WindowData
+
+    toy = toy_spectra(12, seed=5)
+    labels = {k: v.copy() for k, v in toy["labels"].items()}
+    labels["FE_H"][[2, 7]] = np.nan
+    errors = {"FE_H": np.full(12, 0.02), "TEFF": np.full(12, -30.0)}  # a negative error counts as its size
+    data = WindowData(flux=toy["flux"], mask=toy["mask"], flux_err=toy["flux_err"], labels=labels,
+                      label_errors=errors, wavelength=toy["wavelength"])
+    rows = [{"flux": toy["flux"][i], "mask": toy["mask"][i],
+             **{k: labels[k][i] for k in labels}, **{f"{k}_ERR": errors[k][i] for k in errors}} for i in range(12)]
+    index = np.array([3, 0, 7, 7, 11, 2])
+    for request in ("random", "all", ["FE_H"]):
+        collator = SpectraFMCollator(feature_extractor, toy["wavelength"], request=request, context_length=24,
+                                     narrow_window_fraction=0.5, narrow_window_pixels=40)
+        a = collator.select(data, index, seed=11)
+        b = collator([rows[i] for i in index], seed=11)
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+        if request == "all":
+            fe_h = a["query_ids"][2] == feature_extractor.token_id("FE_H")  # index[2] is star 7, without FE_H
+            assert a["query_ids"].shape == (6, 2) and a["query_mask"][2].tolist() == (~fe_h).long().tolist()
+    assert torch.all(a["label_errors"] > 0)
+
+
 @pytest.fixture
 def one_thread():
     """A tiny model gains nothing from threads; on a busy machine they cost 5x."""

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from _training_toys import TINY_MODEL, cut, toy_data
+from spectrafm_hf.checkpoints import load_model
 from spectrafm_hf.training.loop import LoopConfig
-from spectrafm_hf.training.stages import WINDOWS, StageSpec, load_model, predict, run_stage
+from spectrafm_hf.training.stages import WINDOWS, StageSpec, predict, run_stage
 
 
 def _loop(steps, **kw):
@@ -84,7 +85,7 @@ def test_stage_spec_errors():
 def test_narrow_window_mask_keeps_one_contiguous_run_per_chosen_star():
     import numpy as np
 
-    from spectrafm_hf.training.stages import narrow_window_mask
+    from spectrafm_hf.data.collator import narrow_window_mask
 
     mask = np.zeros((400, 1000), bool)
     mask[:, 10] = True  # an originally bad pixel stays bad
@@ -100,12 +101,14 @@ def test_narrow_window_mask_keeps_one_contiguous_run_per_chosen_star():
 
 
 def test_narrow_window_contexts_stay_inside_one_run():
-    """With fraction 1, every star's training context spans at most the run's wavelength width."""
+    """With fraction 1, every star's training context spans at most the run's wavelength width;
+    rehearsal stars appended to the batch keep their whole window."""
     import numpy as np
 
     from spectrafm_hf import SpectraFMFeatureExtractor
+    from spectrafm_hf.data.arrays import WindowData
     from spectrafm_hf.training.loop import LoopConfig
-    from spectrafm_hf.training.stages import StageSpec, WindowData, tokenize
+    from spectrafm_hf.training.stages import StageSpec, stage_collator
 
     rng = np.random.default_rng(1)
     n, p = 8, 600
@@ -118,26 +121,30 @@ def test_narrow_window_contexts_stay_inside_one_run():
     fe.fit(wavelength=wavelength, flux=flux, labels=labels)
     spec = StageSpec(name="t", window="all", request=["FE_H"], batch_size=n, context_length=32,
                      loop=LoopConfig(max_steps=1), narrow_window_fraction=1.0, narrow_window_pixels=50)
-    batch = tokenize(fe, data, np.arange(n), spec, seed=3)
+    batch = stage_collator(spec, fe, wavelength).select(data, np.arange(n), seed=3, rehearsal=(data, np.arange(4)))
     step = wavelength[1] - wavelength[0]
+    spans = []
     for row_wl, row_mask in zip(batch["input_wavelength"].numpy(), batch["attention_mask"].numpy()):
         used = row_wl[(row_mask == 1) & (row_wl > 0)]
-        assert len(used) == 32 and used.max() - used.min() <= 49 * step + 0.01  # float32 Å
+        assert len(used) == 32
+        spans.append(used.max() - used.min())
+    assert max(spans[:n]) <= 49 * step + 0.01  # float32 Å
+    assert min(spans[n:]) > 49 * step  # rehearsal stars: contexts from all 600 pixels
 
 
 def test_request_all_asks_every_label_and_skips_missing_ones():
     """request="all": one query per label for every star; a star's missing label is masked out
     (query_mask 0), so the loss equals the mean NLL over the labels the stars have."""
     from spectrafm_hf import SpectraFMFeatureExtractor
-    from spectrafm_hf.data.schema import LABELS
-    from spectrafm_hf.training.stages import new_model, tokenize
+    from spectrafm_hf.data.labels import LABELS
+    from spectrafm_hf.training.stages import new_model, stage_collator
 
     data = toy_data(6, 4)
     data.labels["O_FE"][[1, 4]] = np.nan  # two stars without [O/Fe]
     fe = SpectraFMFeatureExtractor()
     fe.fit(wavelength=data.wavelength, flux=data.flux, labels=data.labels)
     spec = StageSpec("t", "all", "all", 6, 32, _loop(1))
-    batch = tokenize(fe, data, np.arange(6), spec, seed=1)
+    batch = stage_collator(spec, fe, data.wavelength).select(data, np.arange(6), seed=1)
     ids = [fe.token_id(k) for k in LABELS]
     assert batch["query_ids"].shape == (6, len(LABELS))
     assert (batch["query_ids"] == torch.tensor(ids)).all()

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from _training_toys import TINY_MODEL, cut, toy_data
-from spectrafm_hf.training.loop import LoopConfig
-from spectrafm_hf.training.stages import WINDOWS, StageSpec, load_model, predict, run_stage
+from spectrafm_hf.checkpoints import load_model
+from spectrafm_hf.training.loop import LoopConfig, learning_rate_at
+from spectrafm_hf.training.stages import WINDOWS, StageSpec, predict, run_stage
 from spectrafm_hf.training.trainer import run_stage_with_trainer
 
 
@@ -18,7 +19,8 @@ def test_trainer_stage3_freezes_selects_and_matches_accelerate_path(tmp_path):
                                LoopConfig(max_steps=2, eval_every=2, progress=False)),
                      cut(toy_data(16, 0), fe), cut(toy_data(8, 1), fe), tmp_path / "base", model_config=TINY_MODEL)
     train, val = cut(toy_data(12, 2, (-1.0, 0.4)), fe), cut(toy_data(8, 3, (-1.0, 0.4)), fe)
-    loop = LoopConfig(max_steps=6, learning_rate=1e-3, eval_every=3, log_every=1, progress=False, warmup_steps=1)
+    loop = LoopConfig(max_steps=6, learning_rate=1e-3, eval_every=3, log_every=1, progress=False, warmup_steps=1,
+                      min_lr_ratio=0.1)
     spec = StageSpec("stage3", "fe_window", ["FE_H"], 4, 32, loop, freeze_decoder=True, freeze_encoder_blocks=[1],
                      select_on="val_rmse_FE_H")
     via_trainer = run_stage_with_trainer(spec, train, val, tmp_path / "trainer", init=base.model_dir)
@@ -41,6 +43,15 @@ def test_trainer_stage3_freezes_selects_and_matches_accelerate_path(tmp_path):
     assert rmse["trainer"] < 2 * rmse["accelerate"] + 0.05 and rmse["accelerate"] < 2 * rmse["trainer"] + 0.05
     records = [json.loads(line) for line in (tmp_path / "trainer" / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r for r in records) and any("eval/val_rmse_FE_H" in r for r in records)
+    # the Accelerate loop's schedule, floor included, one step later (Trainer's LambdaLR starts at factor(0))
+    lrs = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
+    assert sorted(lrs) == [1, 2, 3, 4, 5, 6] and lrs[1] == 0.0
+    for step in range(2, 7):
+        assert lrs[step] == pytest.approx(learning_rate_at(step - 1, loop), rel=1e-12)
+    with pytest.raises(ValueError, match="cosine_restarts"):
+        restarts = LoopConfig(max_steps=6, schedule="cosine_restarts", restart_period=3)
+        run_stage_with_trainer(StageSpec("stage3", "fe_window", ["FE_H"], 4, 32, restarts, select_on="val_rmse_FE_H"),
+                               train, val, tmp_path / "restarts", init=base.model_dir)
     with pytest.raises(ValueError, match="rehearsal"):
         spec.rehearsal = 2
         run_stage_with_trainer(spec, train, val, tmp_path / "rehearsal", init=base.model_dir)

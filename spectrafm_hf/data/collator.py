@@ -1,40 +1,99 @@
-"""Dataset rows → SpectraFM training batches (a ``transformers.Trainer`` ``data_collator``)."""
+"""Stars → SpectraFM training batches: the one batcher of both training paths.
+
+:class:`SpectraFMCollator` turns a batch of stars and a batch seed into a token batch. The Accelerate
+loop (:func:`spectrafm_hf.training.stages.batch_sampler`) hands it stars of a
+:class:`~spectrafm_hf.data.arrays.WindowData` by index (:meth:`SpectraFMCollator.select`);
+``transformers.Trainer`` hands it rows of the dataset schema (it is the ``data_collator``). Either way
+the same :meth:`SpectraFMCollator.collate` draws the contexts and the requested labels, so both
+paths train on batches built by the same rules.
+"""
 
 from __future__ import annotations
 
 import warnings
 import zlib
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from ..feature_extraction_spectrafm import SpectraFMFeatureExtractor
 
+if TYPE_CHECKING:
+    from .arrays import WindowData
+
+#: appended to a batch seed to seed the narrow-window draw, apart from the context / label draw
+_NARROW_WINDOW_STREAM = 7
+
+
+@dataclass
+class StarColumns:
+    """Stars of one batch as arrays, cut to the collator's pixels.
+
+    Attributes:
+        flux: (B, P) continuum-normalised flux.
+        mask: (B, P) bool, True = bad pixel.
+        labels: label name → (B,) physical values (NaN = unknown); every label the collator may request.
+        label_errors: label name → (B,) reported 1σ (NaN = unknown).
+        scalars: named input → (B,) physical values, fed to the model as input tokens.
+    """
+
+    flux: np.ndarray
+    mask: np.ndarray
+    labels: dict[str, np.ndarray]
+    label_errors: dict[str, np.ndarray]
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.flux.shape[0])
+
+
+def narrow_window_mask(mask: np.ndarray, fraction: float, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Mask (B, P), True = bad → a copy where a ``fraction`` of the rows keep only one random
+    contiguous run of ``width`` pixels (everything else marked bad, so never in the context)."""
+    n_stars, n_pixels = mask.shape
+    chosen = rng.random(n_stars) < fraction
+    if width >= n_pixels or not chosen.any():
+        return mask
+    starts = rng.integers(0, n_pixels - width + 1, size=n_stars)
+    pixel = np.arange(n_pixels)
+    outside = (pixel < starts[:, None]) | (pixel >= starts[:, None] + width)
+    return mask | (outside & chosen[:, None])
+
 
 class SpectraFMCollator:
-    """Turns rows of the project dataset schema into a token batch for training.
+    """Turns a batch of stars into a token batch for training.
 
     Each call draws, for every star, its own random subset of its valid pixels (``context_length``
     of them) and, with ``request="random"``, one random label among those the star has (missing
-    labels are never requested).
+    labels are never requested). With ``narrow_window_fraction`` > 0 that fraction of the stars
+    first loses every pixel outside one random contiguous run of ``narrow_window_pixels`` pixels.
 
-    Randomness is a function of ``seed`` and the batch: of the rows' ``id`` values in batch order
-    when rows carry an ``id`` (the schema's), else of the call number. So shuffled training batches
-    get fresh draws every step, the (unshuffled) evaluation batches get the SAME draws at every
-    evaluation, making eval losses comparable, and dataloader workers or resuming change nothing.
+    The draws are a function of the stars and a batch seed. :meth:`select` and :meth:`collate` take it
+    from the caller (the Accelerate loop derives it from ``(seed, step, rank)``, so a resumed or
+    multi-process run draws what an uninterrupted single run would). Called with dataset rows and
+    no seed, it is ``(seed, rows' ids in batch order)`` when rows carry an ``id`` (the schema's),
+    else ``(seed, call number)``: shuffled training batches get fresh draws every step, the
+    (unshuffled) evaluation batches get the SAME draws at every evaluation, making eval losses
+    comparable, and dataloader workers or resuming change nothing.
 
     Args:
         feature_extractor: a fitted :class:`SpectraFMFeatureExtractor`.
-        wavelength: vacuum Å of the dataset's pixels, (P,) (``schema.get_wavelength(dataset)``).
-        request: ``"random"`` (one label per star), or a list of label names requested for every star
-            (stars lacking one get ``query_mask`` 0 for it).
+        wavelength: vacuum Å of the data's pixels, (P,) (``schema.get_wavelength(dataset)``).
+        request: ``"random"`` (one label per star), ``"all"`` (every label in ``label_names`` for
+            every star) or a list of label names requested for every star (stars lacking one get
+            ``query_mask`` 0 for it, which leaves it out of the loss).
         context_length: pixels per star (default: the feature extractor's ``context_length``).
         pixel_window: restrict the pixels: a ``slice`` of pixel indices, or a list of ``(lo, hi)``
             wavelength ranges in Å (inclusive). Default: every pixel.
-        seed: base seed.
-        label_names: the labels that may be requested with ``"random"`` (default: every named token
-            of the feature extractor that is a column of the rows, minus ``input_names``).
+        seed: base seed of the draws of rows without a batch seed.
+        label_names: the labels that may be requested with ``"random"`` / ``"all"``, in this order
+            (default: every named token of the feature extractor that is a column of the rows,
+            minus ``input_names``); a star without one of them has it as NaN.
         input_names: named scalar columns fed to the model as input tokens (e.g. photometry).
+        narrow_window_fraction: fraction of the (non-rehearsal) stars whose context comes from one
+            contiguous run of pixels (0 = off).
+        narrow_window_pixels: width of those runs, in pixels.
 
     Rows are dicts with ``flux`` (P,), optional ``mask`` (P,), label columns and ``<LABEL>_ERR``
     columns (use ``dataset.with_format("numpy")``). A star with no valid pixel inside the window is
@@ -51,6 +110,8 @@ class SpectraFMCollator:
         seed: int = 0,
         label_names: Sequence[str] | None = None,
         input_names: Sequence[str] = (),
+        narrow_window_fraction: float = 0.0,
+        narrow_window_pixels: int = 512,
     ):
         self.feature_extractor = feature_extractor
         wavelength = np.asarray(wavelength, dtype=np.float64)
@@ -68,58 +129,143 @@ class SpectraFMCollator:
         if columns.size == 0:
             raise ValueError(f"pixel_window {pixel_window!r} selects no pixel of the {wavelength.size}-pixel grid")
         self.columns = columns
+        self.n_grid = wavelength.size
         self.wavelength = wavelength[columns]
-        if isinstance(request, str) and request != "random":
+        if isinstance(request, str) and request not in ("random", "all"):
             request = [request]
-        self.request = request
-        for name in [] if request == "random" else request:
-            feature_extractor.token_id(name)
+        self.request = request if isinstance(request, str) else list(request)
         self.context_length = context_length or feature_extractor.context_length
         self.seed = int(seed)
         self.label_names = None if label_names is None else list(label_names)
         self.input_names = list(input_names)
-        for name in [*(self.label_names or []), *self.input_names]:
+        for name in [*self._requested([]), *(self.label_names or []), *self.input_names]:
             feature_extractor.token_id(name)
+        if not 0.0 <= narrow_window_fraction <= 1.0:
+            raise ValueError(f"narrow_window_fraction must be in [0, 1], got {narrow_window_fraction}")
+        if narrow_window_pixels < 1:
+            raise ValueError(f"narrow_window_pixels must be ≥ 1, got {narrow_window_pixels}")
+        self.narrow_window_fraction = float(narrow_window_fraction)
+        self.narrow_window_pixels = int(narrow_window_pixels)
         self.step = 0
 
-    def __call__(self, rows: Sequence[Mapping]):
+    def _requested(self, columns: Sequence[str]) -> list[str]:
+        """Labels a batch may ask for: the request list, or ``label_names`` (default: known ``columns``)."""
+        if not isinstance(self.request, str):
+            return self.request
+        if self.label_names is not None:
+            return self.label_names
         fe = self.feature_extractor
-        flux = np.stack([np.asarray(r["flux"], dtype=np.float32)[self.columns] for r in rows])
-        mask = None
-        if "mask" in rows[0]:
-            mask = np.stack([np.asarray(r["mask"], dtype=bool)[self.columns] for r in rows])
-        mask = ~fe.usable_pixels(self.wavelength, flux, mask)
-        keep = np.flatnonzero(~mask.all(axis=1))
-        if keep.size < len(rows):
-            if keep.size == 0:
-                raise ValueError("no star in this batch has a valid pixel inside the pixel window")
-            warnings.warn(f"dropped {len(rows) - keep.size} star(s) with no valid pixel in the window from a batch")
-            rows = [rows[i] for i in keep]
-            flux, mask = flux[keep], mask[keep]
+        return [n for n in fe.named_tokens if n in columns and n not in self.input_names]
 
-        label_names = self.label_names
-        if label_names is None:
-            label_names = [n for n in fe.named_tokens if n in rows[0] and n not in self.input_names]
-        if self.request != "random":
-            missing = [n for n in self.request if n not in rows[0]]
+    # ---- stars in ---------------------------------------------------------------------------------
+    def __call__(self, rows: Sequence[Mapping], seed: int | Sequence[int] | None = None):
+        """Dataset rows (the ``transformers.Trainer`` ``data_collator`` interface) → a token batch."""
+        if seed is None:
+            if "id" in rows[0]:
+                key = zlib.crc32("\x00".join(str(r["id"]) for r in rows).encode())
+            else:
+                key = 2**32 + self.step  # no ids: the call number (never equal to a crc32)
+            seed = [self.seed, key]
+        self.step += 1
+        return self.collate(self.stack(rows), seed)
+
+    def stack(self, rows: Sequence[Mapping]) -> StarColumns:
+        """Dataset rows → :class:`StarColumns` (flux as float32, scalars as float64)."""
+        names = self._requested(list(rows[0]))
+        if not isinstance(self.request, str):
+            missing = [n for n in names if n not in rows[0]]
             if missing:
                 raise ValueError(f"requested labels {missing} are not columns of the dataset rows")
-            label_names = list(self.request)
 
-        def column(name):
+        def column(name, required=False):
+            if name not in rows[0]:
+                if required:
+                    raise ValueError(f"named input {name!r} is not a column of the dataset rows")
+                return np.full(len(rows), np.nan)  # the star lacks it
             return np.array([r[name] for r in rows], dtype=np.float64)
 
-        labels = {n: column(n) for n in label_names}
-        label_errors = {n: column(f"{n}_ERR") for n in label_names if f"{n}_ERR" in rows[0]}
-        scalars = {n: column(n) for n in self.input_names}
-        if "id" in rows[0]:
-            key = zlib.crc32("\x00".join(str(r["id"]) for r in rows).encode())
+        flux = np.stack([np.asarray(r["flux"], dtype=np.float32)[self.columns] for r in rows])
+        if "mask" in rows[0]:
+            mask = np.stack([np.asarray(r["mask"], dtype=bool)[self.columns] for r in rows])
         else:
-            key = 2**32 + self.step  # no ids: the call number (never equal to a crc32)
-        generator = np.random.default_rng([self.seed, key])
-        self.step += 1
+            mask = np.zeros(flux.shape, dtype=bool)
+        return StarColumns(
+            flux=flux, mask=mask, labels={n: column(n) for n in names},
+            label_errors={n: column(f"{n}_ERR") for n in names},
+            scalars={n: column(n, required=True) for n in self.input_names},
+        )
+
+    def select(self, data: WindowData, index, seed: int | Sequence[int],
+               rehearsal: tuple[WindowData, np.ndarray] | None = None):
+        """Stars ``index`` of ``data`` (a ``WindowData`` on the collator's grid), plus ``rehearsal`` =
+        ``(WindowData, index)`` stars appended after them → a token batch drawn from ``seed``.
+
+        Arrays keep their dtype (no float32 round trip of the labels); a label a ``WindowData``
+        lacks is NaN for its stars. Named inputs (``input_names``) are read from ``data.labels``.
+        """
+        names = self._requested(list(data.labels))
+        stars = self._columns_of(data, index, names)
+        extra = None if rehearsal is None else self._columns_of(*rehearsal, names)
+        return self.collate(stars, seed, rehearsal=extra)
+
+    def _columns_of(self, data: WindowData, index, names: Sequence[str]) -> StarColumns:
+        index = np.asarray(index)
+        if data.flux.shape[1] != self.n_grid:
+            raise ValueError(
+                f"the data has {data.flux.shape[1]} pixels per star; this collator's grid has {self.n_grid}"
+            )
+        flux, mask = data.flux[index], data.mask[index]
+        if self.columns.size < self.n_grid:  # a pixel_window (else every pixel: no second copy)
+            flux, mask = flux[:, self.columns], mask[:, self.columns]
+
+        def column(values: Mapping, name: str) -> np.ndarray:
+            return values[name][index] if name in values else np.full(len(index), np.nan)
+
+        return StarColumns(
+            flux=flux, mask=mask,
+            labels={n: column(data.labels, n) for n in names},
+            label_errors={n: column(data.label_errors, n) for n in names},
+            scalars={n: data.labels[n][index] for n in self.input_names},
+        )
+
+    # ---- the batch ----------------------------------------------------------------------------------
+    def collate(self, stars: StarColumns, seed: int | Sequence[int], rehearsal: StarColumns | None = None):
+        """Stars (+ ``rehearsal`` stars appended after them) → a ``BatchFeature`` drawn from ``seed``.
+
+        ``seed`` (an int or a list of ints) seeds the context and label draw; the narrow windows use
+        ``[*seed, 7]``. Rehearsal stars keep their whole window: they anchor what pre-training learnt.
+        """
+        fe = self.feature_extractor
+        flux, mask = stars.flux, stars.mask
+        if self.narrow_window_fraction > 0:
+            entropy = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
+            mask = narrow_window_mask(mask, self.narrow_window_fraction, self.narrow_window_pixels,
+                                      np.random.default_rng([*entropy, _NARROW_WINDOW_STREAM]))
+        labels, errors, scalars = stars.labels, stars.label_errors, stars.scalars
+        if rehearsal is not None:
+            flux = np.concatenate([flux, rehearsal.flux])
+            mask = np.concatenate([mask, rehearsal.mask])
+            labels = {k: np.concatenate([v, rehearsal.labels[k]]) for k, v in labels.items()}
+            errors = {k: np.concatenate([v, rehearsal.label_errors[k]]) for k, v in errors.items()}
+            scalars = {k: np.concatenate([v, rehearsal.scalars[k]]) for k, v in scalars.items()}
+
+        mask = ~fe.usable_pixels(self.wavelength, flux, mask)
+        keep = np.flatnonzero(~mask.all(axis=1))
+        if keep.size < len(flux):
+            if keep.size == 0:
+                raise ValueError("no star in this batch has a valid pixel inside the pixel window")
+            warnings.warn(f"dropped {len(flux) - keep.size} star(s) with no valid pixel in the window from a batch")
+            flux, mask = flux[keep], mask[keep]
+            labels = {k: v[keep] for k, v in labels.items()}
+            errors = {k: v[keep] for k, v in errors.items()}
+            scalars = {k: v[keep] for k, v in scalars.items()}
+        # Errors: NaN (unknown) → 0 added variance, as the paper's loss does with missing errors.
+        errors = {k: np.nan_to_num(np.abs(v), nan=0.0) for k, v in errors.items()}
+        # "all": every label in one pass (queries never attend to each other, so this is the
+        # one-label requests at once; a star's missing labels get query_mask 0, left out of the loss).
+        request = list(labels) if self.request == "all" else self.request
         prepared = fe.prepare(self.wavelength, flux, mask=mask, scalars=scalars or None, warn=False)
         return fe.tokenize(
-            prepared, request=self.request, context_length=self.context_length, sampling="random",
-            generator=generator, labels=labels, label_errors=label_errors, return_tensors="pt",
+            prepared, request=request, context_length=self.context_length, sampling="random",
+            generator=np.random.default_rng(seed), labels=labels, label_errors=errors, return_tensors="pt",
         )

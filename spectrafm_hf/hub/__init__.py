@@ -1,11 +1,14 @@
-"""Model cards, Hub publishing, remote code and offline Hub caches for SpectraFM checkpoints.
+"""Model cards, Hub publishing and offline Hub caches for SpectraFM checkpoints.
 
 - ``cards``: per-stage model cards (``CardInfo``, ``render_card``, ``stage_metrics``).
-- ``remote_code``: ``save_checkpoint`` (weights + config + preprocessor config + card + the three
-  self-contained model files + the full ``auto_map``), used by every stage and by the converter.
 - ``publish``: ``spectrafm publish`` (``run_publish``) with ``HfApi``.
 - ``cache``: lay a checkpoint folder into a Hugging Face Hub cache for offline loading by repo id.
 
-Submodules are imported on demand (``from spectrafm_hf.hub.remote_code import save_checkpoint``) so that
+Checkpoint folders themselves (weights + config + preprocessor config + the three self-contained
+model files + the full ``auto_map``) are written and read by :mod:`spectrafm_hf.checkpoints`, which
+sits below this package: ``hub`` imports it, never the other way round. Render a card here
+(``render_card``) and hand the result to ``save_checkpoint``.
+
+Submodules are imported on demand (``from spectrafm_hf.hub.cards import render_card``) so that
 ``import spectrafm_hf.hub`` stays cheap.
 """

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .remote_code import MODEL_CODE_FILES, REQUIRED_AUTO_MAP_KEYS
+from ..checkpoints import MODEL_CODE_FILES, REQUIRED_AUTO_MAP_KEYS
 
 #: Files every publishable checkpoint must contain (weights are checked separately: single or sharded).
 REQUIRED_FILES = ("config.json", "preprocessor_config.json", "README.md", *MODEL_CODE_FILES)
@@ -72,7 +72,7 @@ def validate_checkpoint_folder(stage_dir: str | Path) -> list[tuple[str, int]]:
     if problems:
         raise ValueError(
             f"{root} is not a complete SpectraFM checkpoint: " + "; ".join(problems)
-            + ". Write checkpoints with spectrafm_hf.hub.remote_code.save_checkpoint (every stage and "
+            + ". Write checkpoints with spectrafm_hf.checkpoints.save_checkpoint (every stage and "
               "convert-original do)."
         )
     return listing

@@ -8,7 +8,7 @@ return predictions and 1σ in physical units through one interface::
     mean, sigma = model.predict(flux, mask)               # (N,), (N,) dex
 
 * :func:`fit_scratch_mlp` — the paper's baseline MLP (512 → 2048 → 1280 → 1024 → mean, log-var;
-  NaN → 1; Adam 1e-4; Gaussian NLL). Layer widths are configurable: the quickstart uses a narrower
+  NaN → 1; Adam 1e-4; the transformer's Gaussian NLL). Layer widths are configurable: the quickstart uses a narrower
   MLP so it trains in seconds on a 2-core CPU (say so in reports); ``paper.yaml`` uses the paper's.
 * :func:`fit_ridge` — linear ridge regression on the same pixels, penalty chosen on validation.
 * :func:`fit_cannon` — The Cannon (Ness et al. 2015), the installed ``TheCannon`` package (Anna Ho's
@@ -23,41 +23,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+from astropy.stats import mad_std
 from torch import nn
 
-
-@dataclass
-class WindowData:
-    """Spectra of one pixel window plus their labels, as dense arrays.
-
-    Attributes:
-        flux: (N, P) float32 continuum-normalised flux; NaN at bad pixels.
-        mask: (N, P) bool, True = bad pixel.
-        flux_err: (N, P) float32 1σ flux error (NaN = unknown).
-        labels: label name → (N,) float64 physical values (NaN = unknown).
-        label_errors: label name → (N,) float64 reported 1σ (NaN = unknown).
-        wavelength: (P,) vacuum Å.
-    """
-
-    flux: np.ndarray
-    mask: np.ndarray
-    flux_err: np.ndarray
-    labels: dict[str, np.ndarray]
-    label_errors: dict[str, np.ndarray] = field(default_factory=dict)
-    wavelength: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.flux.shape[0])
-
-    def clean_flux(self, fill: float = 1.0) -> np.ndarray:
-        """Flux with bad pixels (mask or non-finite) replaced by ``fill`` (the paper's NaN → 1)."""
-        bad = self.mask | ~np.isfinite(self.flux)
-        return np.where(bad, fill, self.flux).astype(np.float32)
+from ..data.arrays import WindowData
+from ..modeling_spectrafm import gaussian_nll
 
 
 def _check_label(data: WindowData, label: str) -> np.ndarray:
@@ -97,12 +72,6 @@ class ScratchMLP(nn.Module):
         return out[:, 0], out[:, 1]
 
 
-def gaussian_nll(mean, log_variance, target, target_err):
-    """The paper's loss: 0.5·((y − ŷ)²/V + log V), V = exp(s) + σ_y² + 1e-8 (standardised units)."""
-    variance = torch.exp(log_variance) + target_err**2 + 1e-8
-    return (0.5 * ((target - mean) ** 2 / variance + torch.log(variance))).mean()
-
-
 @dataclass
 class FittedMLP:
     """A trained :class:`ScratchMLP` with its standardisation; ``predict`` returns physical units."""
@@ -127,9 +96,10 @@ class FittedMLP:
 
 
 def _robust_scale(values: np.ndarray) -> tuple[float, float]:
+    """(median, MAD-std) of the finite values; the std when the MAD is 0 (or 1 if that is 0 too)."""
     values = values[np.isfinite(values)]
     median = float(np.median(values))
-    scale = float(1.4826 * np.median(np.abs(values - median)))
+    scale = float(mad_std(values))
     return median, scale if scale > 0 else float(np.std(values) or 1.0)
 
 
@@ -176,6 +146,7 @@ def fit_scratch_mlp(
         model.train()
         index = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
         mean, log_variance = model(x[index])
+        # The transformer's loss (every star has a target here, so it is the plain batch mean).
         loss = gaussian_nll(mean, log_variance, target[index], target_err[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,4 +1,4 @@
-"""Checkpoints that load without the package: the three model files travel with the weights.
+"""Checkpoint folders: the one writer (:func:`save_checkpoint`) and the one loader (:func:`load_model`).
 
 ``save_checkpoint(model, feature_extractor, out_dir, card=None)`` is the one way every stage (and
 ``convert-original``) writes a checkpoint folder:
@@ -15,15 +15,24 @@
 transformers' own ``register_for_auto_class`` records only the class that was saved; here the map lists
 every Auto class the package registers the model under (AutoConfig, AutoModel, the task class,
 AutoFeatureExtractor), discovered from the live registry so it cannot drift from ``registration.py``.
+
+``load_model(name_or_path, device=None)`` reads such a folder (or a Hub repo id) back as
+``(model, feature_extractor)``, safetensors only.
+
+This module sits below :mod:`spectrafm_hf.hub` (cards, publishing, caches), which imports it; it never
+imports ``hub``. A card is therefore passed in already rendered (``hub.cards.render_card``).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
+
+import torch
 
 MODEL_CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
 
@@ -42,7 +51,7 @@ _TASK_AUTO_CLASSES = (
 
 def package_code_dir() -> Path:
     """Folder holding the package's copies of the model files (``spectrafm_hf/``)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parent
 
 
 def check_self_contained(path: str | Path) -> None:
@@ -129,12 +138,18 @@ def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) ->
         model: a ``SpectraFMPreTrainedModel`` (any task class); saved in eval-ready safetensors.
         feature_extractor: the ``SpectraFMFeatureExtractor`` with the statistics the model was trained with.
         out_dir: target folder (created; existing files with the same names are replaced).
-        card: a ``huggingface_hub.ModelCard``, a ``cards.CardInfo`` (rendered here) or Markdown text;
-            None writes no README.md (``spectrafm publish`` then refuses the folder).
+        card: the model card, already rendered: an object with ``.save(path)`` (a
+            ``huggingface_hub.ModelCard``, e.g. from ``spectrafm_hf.hub.cards.render_card``) or its
+            Markdown text; None writes no README.md (``spectrafm publish`` then refuses the folder).
 
     Returns:
         ``out_dir`` as a Path.
     """
+    if card is not None and not isinstance(card, str) and not callable(getattr(card, "save", None)):
+        raise TypeError(
+            f"card must be a rendered card (an object with .save(path), e.g. a huggingface_hub.ModelCard) or "
+            f"Markdown text, got {type(card).__name__}; render a CardInfo with spectrafm_hf.hub.cards.render_card"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     auto_map = full_auto_map(model, feature_extractor)
@@ -149,13 +164,36 @@ def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) ->
     fe_path.write_text(json.dumps(fe_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     copy_model_code(out_dir)
     if card is not None:
-        from huggingface_hub import ModelCard
+        if isinstance(card, str):
+            from huggingface_hub import ModelCard
 
-        from .cards import CardInfo, render_card
-
-        if isinstance(card, CardInfo):
-            card = render_card(card)
-        elif isinstance(card, str):
             card = ModelCard(card)
         card.save(out_dir / "README.md")
     return out_dir
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None):
+    """(model, feature_extractor) from a checkpoint folder or Hub repo, via the Auto classes.
+
+    Weights load from safetensors only (never pickle); the model is put in eval mode on ``device``
+    (default: CUDA when available, else CPU).
+    """
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    from . import registration  # noqa: F401  (Auto class registration)
+
+    path = str(name_or_path)
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} has no config.json: not a SpectraFM checkpoint folder")
+    model = AutoModel.from_pretrained(path, use_safetensors=True)
+    feature_extractor = AutoFeatureExtractor.from_pretrained(path)
+    feature_extractor.check_compatible(model.config)
+    model.to(resolve_device(device)).eval()
+    return model, feature_extractor
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``; None → CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
