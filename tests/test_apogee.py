@@ -1,7 +1,7 @@
 """Real APOGEE DR17 loaders (spectrafm_hf.data.apogee).
 
 FITS files are written in the exact DR17 layouts by tests/fixtures/dr17_layouts.py into tmp_path;
-the real apStar is the gzip copy in tests/fixtures (of ../shared/data/real/apStar-dr17-2M19485057+5005279.fits).
+the real apStar is tests/fixtures/apStar-dr17-2M19485057+5005279.fits.gz (see tests/fixtures/README.md).
 """
 
 import argparse
@@ -14,11 +14,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures.dr17_layouts import (  # noqa: E402
-    absorption, aspcap_arrays, smooth_continuum, write_allstar, write_apstar, write_aspcapstar,
+    absorption,
+    aspcap_arrays,
+    smooth_continuum,
+    write_allstar,
+    write_apstar,
+    write_aspcapstar,
 )
 
 from spectrafm_hf.data import apogee, grid  # noqa: E402
-from spectrafm_hf.data.schema import LABELS, PAPER_LABEL_ORDER, get_metadata, get_wavelength  # noqa: E402
+from spectrafm_hf.data.labels import LABELS, PAPER_LABEL_ORDER  # noqa: E402
+from spectrafm_hf.data.schema import get_metadata, get_wavelength  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "apStar-dr17-2M19485057+5005279.fits.gz"
 CHIP = grid.chip_pixel_indices()
@@ -173,7 +179,8 @@ def _make_folder(tmp_path, n_good=6):
         folder = spectra / "apo25m" / "F1"
         folder.mkdir(parents=True, exist_ok=True)
         flux, err, synthetic = aspcap_arrays(seed=i)
-        write_aspcapstar(folder / f"aspcapStar-dr17-2M{i}.fits", flux, err, synthetic, row=_star_row(f"2M{i}", teff=1.0))
+        write_aspcapstar(folder / f"aspcapStar-dr17-2M{i}.fits", flux, err, synthetic,
+                         row=_star_row(f"2M{i}", teff=1.0))
         rows.append(_star_row(f"2M{i}", teff=4000.0 + i))
     # a second file of star 2M0 in another field (the catalogue row says F1 → the F1 file is used)
     dup = spectra / "lco25m" / "F9"

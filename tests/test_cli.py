@@ -5,7 +5,7 @@ import pytest
 from datasets import load_from_disk
 
 from spectrafm_hf.cli import build_parser, main
-from spectrafm_hf.data.apogee import _parse_bits
+from spectrafm_hf.data.apogee.build import _parse_bits
 from spectrafm_hf.data.schema import get_metadata
 
 

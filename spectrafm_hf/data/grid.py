@@ -4,8 +4,9 @@ All wavelengths in this project are **vacuum Ångström** unless a name says oth
 
 APOGEE spectra live on a log-linear grid: ``λ_i = 10**(4.179 + 6e-6·i)`` for i = 0..8574 (the
 apStar / aspcapStar layout). Only three chip slices carry light; concatenated they are the
-7514-pixel grid that SpectraFM uses (pixel index 0..7513, blue → green → red). Facts from
-``../shared/docs/apogee-format.md``.
+7514-pixel grid that SpectraFM uses (pixel index 0..7513, blue → green → red). Facts from the
+SDSS DR17 data model (https://data.sdss.org/datamodel/, the apStar and aspcapStar pages: header
+keywords ``CRVAL1 = 4.179``, ``CDELT1 = 6e-6``, ``NAXIS1 = 8575``).
 """
 
 from __future__ import annotations

@@ -1,72 +1,20 @@
 """Read spectra from files into plain arrays for prediction (``spectrafm predict --input FILE``).
 
-Every reader returns a :class:`SpectraInput`; validation of the values themselves (units, ranks,
+:func:`read_spectra` picks the reader by file type: tables (npz, Parquet, FITS table) are read by
+:mod:`.tables`, APOGEE files and saved dataset folders here. Every reader returns a
+:class:`~spectrafm_hf.data.spectra_input.SpectraInput`; validation of the values themselves (units, ranks,
 masks) is done once, by the feature extractor, where the arrays enter the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclass
-class SpectraInput:
-    """Spectra as arrays.
-
-    Attributes:
-        wavelength: vacuum Å, shape (P,) shared by all spectra or (N, P).
-        flux: shape (N, P).
-        flux_err: shape (N, P) or None.
-        mask: bool, shape (N, P), True = bad pixel, or None.
-        scalars: named non-spectral inputs, name → shape (N,).
-        ids: star identifiers, shape (N,), or None (row numbers are used).
-        reference: known values carried along but never fed to the model, name → shape (N,):
-            catalogue labels, their ``_ERR`` and ``snr`` read from APOGEE files or saved datasets
-            (so predictions can be compared with them). Files written by the user (npz, Parquet,
-            FITS tables) put every per-row column in ``scalars`` instead: there, a column is an input.
-    """
-
-    wavelength: np.ndarray
-    flux: np.ndarray
-    flux_err: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    scalars: dict[str, np.ndarray] = field(default_factory=dict)
-    ids: np.ndarray | None = None
-    reference: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-_NPZ_ARRAYS = {"wavelength", "flux", "flux_err", "mask", "id", "ids"}
-
-
-def read_npz(path: str | Path) -> SpectraInput:
-    """An ``.npz`` with ``wavelength`` ((P,) or (N, P)), ``flux`` (N, P), optional ``flux_err``,
-    ``mask`` (True = bad), ``id``, and any other array of shape (N,) as a named scalar input.
-
-    Loaded with ``allow_pickle=False``: object arrays are refused.
-    """
-    path = Path(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read as .npz ({err}); expected numpy.savez output") from err
-    with archive:
-        missing = {"wavelength", "flux"} - set(archive.files)
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {sorted(missing)}; an input .npz needs 'wavelength' and 'flux'")
-        flux = np.asarray(archive["flux"])
-        scalars = {k: np.asarray(archive[k]) for k in archive.files if k not in _NPZ_ARRAYS}
-        ids_key = "id" if "id" in archive.files else ("ids" if "ids" in archive.files else None)
-        return SpectraInput(
-            wavelength=np.asarray(archive["wavelength"]),
-            flux=flux,
-            flux_err=np.asarray(archive["flux_err"]) if "flux_err" in archive.files else None,
-            mask=np.asarray(archive["mask"]).astype(bool) if "mask" in archive.files else None,
-            scalars=scalars,
-            ids=np.asarray(archive[ids_key]) if ids_key else None,
-        )
+from .labels import LABEL_COLUMNS
+from .spectra_input import SpectraInput
+from .tables import read_fits_table, read_npz, read_parquet
 
 
 def read_dataset_folder(path: str | Path, split: str | None = None) -> SpectraInput:
@@ -80,7 +28,7 @@ def read_dataset_folder(path: str | Path, split: str | None = None) -> SpectraIn
     """
     from datasets import Dataset, load_from_disk
 
-    from .schema import LABELS, get_wavelength
+    from .schema import get_wavelength
 
     path = Path(path)
     try:
@@ -99,7 +47,7 @@ def read_dataset_folder(path: str | Path, split: str | None = None) -> SpectraIn
     if not parts:
         raise ValueError(f"{path}: the dataset holds no spectra")
     wavelength = get_wavelength(parts[0])
-    reference_names = (*LABELS, *(f"{label}_ERR" for label in LABELS), "snr")
+    reference_names = LABEL_COLUMNS
     columns: dict[str, list] = {}
     for part in parts:
         if not np.array_equal(get_wavelength(part), wavelength):
@@ -129,10 +77,9 @@ def read_apogee_spectrum(path: str | Path, kind: str | None = None) -> SpectraIn
     """
     from . import grid
     from .apogee import read_apogee_file
-    from .schema import LABELS
 
     record = read_apogee_file(path, kind)
-    reference_names = (*LABELS, *(f"{label}_ERR" for label in LABELS), "snr")
+    reference_names = LABEL_COLUMNS
     return SpectraInput(
         wavelength=grid.apogee_wavelength(),
         flux=record["flux"][None, :],
@@ -176,8 +123,6 @@ def read_spectra(path: str | Path, split: str | None = None) -> SpectraInput:
     if path.suffix == ".npz":
         return read_npz(path)
     if path.suffix.lower() in (".parquet", ".pq"):
-        from .tables import read_parquet
-
         return read_parquet(path)
     if name.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")):
         if path.name.startswith(("aspcapStar", "apStar")):
@@ -185,8 +130,6 @@ def read_spectra(path: str | Path, split: str | None = None) -> SpectraInput:
         kind = _looks_like_apogee_image(path)
         if kind is not None:
             return read_apogee_spectrum(path, kind)
-        from .tables import read_fits_table
-
         return read_fits_table(path)
     raise ValueError(
         f"{path}: unsupported input format {path.suffix!r}; supported: .npz, .parquet, FITS table, "

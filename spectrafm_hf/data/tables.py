@@ -14,7 +14,7 @@ any other       numeric scalar per row         labels (``TEFF`` ... ``O_FE``, ``
                                                ``snr``) or named scalar inputs (photometry ...)
 ==============  =============================  =================================================
 
-* ``.npz``: arrays as above (:func:`spectrafm_hf.data.readers.read_npz`).
+* ``.npz``: arrays as above (:func:`read_npz`).
 * ``.parquet``: list columns for vectors (pyarrow, installed with ``datasets``).
 * FITS table: the first binary-table HDU, vector columns (``TFORM`` like ``7514E``); column names
   are matched case-insensitively (``FLUX`` = ``flux``); big-endian columns are made native.
@@ -31,13 +31,43 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import SpectraInput, read_npz
-from .schema import LABELS, dataset_in_memory, write_dataset
+from .labels import LABEL_COLUMNS
+from .schema import dataset_in_memory, write_dataset
+from .spectra_input import SpectraInput
 
 _VECTOR_COLUMNS = ("wavelength", "flux", "flux_err", "mask")
 _ID_COLUMNS = ("id", "ids", "apogee_id")
 #: Columns of the schema that a table may carry per row (labels, their errors, snr).
-SCHEMA_SCALARS: tuple[str, ...] = (*LABELS, *(f"{label}_ERR" for label in LABELS), "snr")
+SCHEMA_SCALARS: tuple[str, ...] = LABEL_COLUMNS
+_NPZ_ARRAYS = {"wavelength", "flux", "flux_err", "mask", "id", "ids"}
+
+
+def read_npz(path: str | Path) -> SpectraInput:
+    """An ``.npz`` with ``wavelength`` ((P,) or (N, P)), ``flux`` (N, P), optional ``flux_err``,
+    ``mask`` (True = bad), ``id``, and any other array of shape (N,) as a named scalar input.
+
+    Loaded with ``allow_pickle=False``: object arrays are refused.
+    """
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read as .npz ({err}); expected numpy.savez output") from err
+    with archive:
+        missing = {"wavelength", "flux"} - set(archive.files)
+        if missing:
+            raise ValueError(f"{path}: missing array(s) {sorted(missing)}; an input .npz needs 'wavelength' and 'flux'")
+        flux = np.asarray(archive["flux"])
+        scalars = {k: np.asarray(archive[k]) for k in archive.files if k not in _NPZ_ARRAYS}
+        ids_key = "id" if "id" in archive.files else ("ids" if "ids" in archive.files else None)
+        return SpectraInput(
+            wavelength=np.asarray(archive["wavelength"]),
+            flux=flux,
+            flux_err=np.asarray(archive["flux_err"]) if "flux_err" in archive.files else None,
+            mask=np.asarray(archive["mask"]).astype(bool) if "mask" in archive.files else None,
+            scalars=scalars,
+            ids=np.asarray(archive[ids_key]) if ids_key else None,
+        )
 
 
 def _stack_rows(values, path: Path, name: str) -> np.ndarray:
@@ -113,7 +143,8 @@ def read_parquet(path: str | Path) -> SpectraInput:
 
 def read_fits_table(path: str | Path) -> SpectraInput:
     """The first binary table of a FITS file → SpectraInput (see the module docstring)."""
-    from .apogee import _native, _open_fits
+    from .fits_io import native_byte_order as _native
+    from .fits_io import open_fits as _open_fits
 
     path = Path(path)
     with _open_fits(path) as hdul:
