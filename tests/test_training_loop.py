@@ -1,7 +1,6 @@
 """The Accelerate loop (spectrafm_hf.training.loop) on a toy regression model: schedule, resume, selection."""
 
 import json
-import math
 
 import pytest
 import torch
@@ -106,3 +105,16 @@ def test_early_stopping_and_frozen_model_errors(tmp_path):
     frozen.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         train(frozen, make_batch, tmp_path / "frozen", cfg)
+
+
+def test_loop_state_records_improvements_and_saves_atomically(tmp_path):
+    from spectrafm_hf.training.loop import LoopState
+
+    state = LoopState()
+    assert state.record(2, 1.0) and not state.record(4, 1.0) and state.stale == 1
+    assert state.record(6, 0.5) and (state.best_step, state.best_metric, state.stale) == (6, 0.5, 0)
+    state.step = 6
+    path = tmp_path / "loop_state.json"
+    state.save(path)
+    assert LoopState.load(path) == state and not path.with_suffix(".tmp").exists()
+    assert json.loads(path.read_text()) == {"step": 6, "best_metric": 0.5, "best_step": 6, "stale": 0}

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _training_toys import TINY_MODEL, cut, toy_data
+
 from spectrafm_hf.checkpoints import load_model
 from spectrafm_hf.training.loop import LoopConfig, learning_rate_at
 from spectrafm_hf.training.stages import WINDOWS, StageSpec, predict, run_stage
@@ -24,7 +24,7 @@ def test_trainer_stage3_freezes_selects_and_matches_accelerate_path(tmp_path):
     spec = StageSpec("stage3", "fe_window", ["FE_H"], 4, 32, loop, freeze_decoder=True, freeze_encoder_blocks=[1],
                      select_on="val_rmse_FE_H")
     via_trainer = run_stage_with_trainer(spec, train, val, tmp_path / "trainer", init=base.model_dir)
-    via_accelerate = run_stage(spec, train, val, tmp_path / "accelerate", init=base.model_dir)
+    run_stage(spec, train, val, tmp_path / "accelerate", init=base.model_dir)
     assert via_trainer.last_step == 6 and via_trainer.best_step in (3, 6)
 
     before, _ = load_model(base.model_dir)

@@ -1,5 +1,8 @@
 """The three SpectraFM stages (and the scratch transformer baseline) as data + one function, ``run_stage``.
 
+The stages are those of the paper (Koblischke & Bovy 2024, "SpectraFM: Tuning into Stellar Foundation
+Models", arXiv:2411.04750):
+
 =========  ==========================  =====================  ==========  ===============================
 stage      data                        pixels                 labels      trainable / selection
 =========  ==========================  =====================  ==========  ===============================
@@ -14,13 +17,13 @@ scratch    the same 100 stars          4107–4618              FE_H        ever
 Every training star gets its own random context (a random subset of its valid pixels of size
 ``context_length``) and, with ``request="random"``, one random label among those it has (with
 ``request="all"``: all of them), at every step
-(the feature extractor draws both, seeded by ``seed, step, rank`` so resumed and multi-process runs draw
-the same batches as an uninterrupted single run would).
+(:class:`~spectrafm_hf.data.collator.SpectraFMCollator` draws both, seeded by ``seed, step, rank`` so
+resumed and multi-process runs draw the same batches as an uninterrupted single run would).
 
 Model selection never looks at the iron-poor regime: stage 3 and the baselines are selected on the
-RMSE of iron-rich validation stars. Optional *rehearsal*: each stage-3 batch also carries
-``rehearsal`` synthetic stars (all metallicities, same window, FE_H) so the fine-tune cannot drift
-away from what pre-training learnt (see ``../shared/docs/paper.md``, prototype notes).
+RMSE of iron-rich validation stars. Optional *rehearsal* (not in the paper, whose stage 3 sees only
+the 100 stars; ``rehearsal: 0`` is its protocol): each stage-3 batch also carries ``rehearsal`` synthetic
+stars (all metallicities, same window, FE_H) so the fine-tune cannot drift away from what pre-training learnt.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..checkpoints import load_model, save_checkpoint
 from ..data import grid
-from ..data.schema import LABELS
-from .baselines import WindowData
+from ..data.arrays import WindowData
+from ..data.collator import SpectraFMCollator
+from ..data.labels import LABELS
 from .loop import LoopConfig, LoopResult, train
 
 #: pixel windows by name (Python slices of the 7514-pixel grid)
@@ -141,131 +146,20 @@ class StageResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def window_data(split, pixels: slice | None = None, rows=None) -> WindowData:
-    """Dense arrays of a dataset split (schema of :mod:`spectrafm_hf.data.schema`) cut to ``pixels``.
-
-    Args:
-        split: a ``datasets.Dataset``.
-        pixels: slice of the pixel grid (default all).
-        rows: optional row indices to keep (applied before loading, so only they are read).
-    """
-    from ..data.schema import get_wavelength
-
-    wavelength = get_wavelength(split)
-    pixels = pixels or slice(0, len(wavelength))
-    if rows is not None:
-        split = split.select(np.asarray(rows, dtype=np.int64))
-    # One Arrow table (honours a select()'s index mapping); spectra are fixed-size lists, so each
-    # column is one contiguous buffer reshaped to (N, P) — no per-row Python objects.
-    table = split.with_format("arrow")[:] if len(split) else None
-    columns = set(split.column_names)
-    n_pix = len(wavelength)
-
-    def spectra(name: str, dtype) -> np.ndarray:
-        if table is None:
-            return np.zeros((0, len(wavelength[pixels])), dtype)
-        values = table.column(name).combine_chunks()
-        values = values.flatten().to_numpy(zero_copy_only=False)  # (N·P,)
-        return values.reshape(len(split), n_pix)[:, pixels].astype(dtype, copy=False)
-
-    def scalars(name: str) -> np.ndarray:
-        return np.asarray(table.column(name).to_numpy(zero_copy_only=False), np.float64) if table is not None \
-            else np.zeros(0)
-
-    flux = spectra("flux", np.float32)
-    mask = spectra("mask", bool)
-    flux_err = spectra("flux_err", np.float32)
-    labels = {name: scalars(name) for name in LABELS if name in columns}
-    errors = {name: scalars(f"{name}_ERR") for name in LABELS if f"{name}_ERR" in columns}
-    return WindowData(flux=flux, mask=mask | ~np.isfinite(flux), flux_err=flux_err, labels=labels,
-                      label_errors=errors, wavelength=wavelength[pixels])
-
-
-def subset(data: WindowData, index: np.ndarray) -> WindowData:
-    """Rows ``index`` of ``data``."""
-    index = np.asarray(index)
-    return WindowData(
-        flux=data.flux[index], mask=data.mask[index], flux_err=data.flux_err[index],
-        labels={k: v[index] for k, v in data.labels.items()},
-        label_errors={k: v[index] for k, v in data.label_errors.items()},
-        wavelength=data.wavelength,
+def stage_collator(spec: StageSpec, feature_extractor, wavelength: np.ndarray, seed: int = 0) -> SpectraFMCollator:
+    """The batcher of ``spec``: its request (the five labels in :data:`LABELS` order for "random" /
+    "all"), context length and narrow windows, on the pixel grid ``wavelength`` (P,) of the stage's data.
+    ``seed`` only matters for batches of dataset rows drawn without a batch seed (the Trainer path)."""
+    return SpectraFMCollator(
+        feature_extractor, wavelength, request=spec.request, context_length=spec.context_length, seed=seed,
+        label_names=LABELS, narrow_window_fraction=spec.narrow_window_fraction,
+        narrow_window_pixels=spec.narrow_window_pixels,
     )
 
 
-def concatenate(a: WindowData, b: WindowData) -> WindowData:
-    """Stars of ``a`` then ``b`` (same pixels); labels missing in one side become NaN."""
-    names = sorted(set(a.labels) | set(b.labels))
-    err_names = sorted(set(a.label_errors) | set(b.label_errors))
-
-    def column(d: Mapping, name: str, n: int):
-        return d.get(name, np.full(n, np.nan))
-
-    return WindowData(
-        flux=np.concatenate([a.flux, b.flux]), mask=np.concatenate([a.mask, b.mask]),
-        flux_err=np.concatenate([a.flux_err, b.flux_err]),
-        labels={k: np.concatenate([column(a.labels, k, len(a)), column(b.labels, k, len(b))]) for k in names},
-        label_errors={k: np.concatenate([column(a.label_errors, k, len(a)), column(b.label_errors, k, len(b))]) for k in err_names},
-        wavelength=a.wavelength,
-    )
-
-
-def rows_of(data: WindowData, index: np.ndarray) -> list[dict]:
-    """Schema rows (dicts of numpy values) for the collator, for stars ``index``."""
-    rows = []
-    for i in np.asarray(index):
-        row = {"flux": data.flux[i], "flux_err": data.flux_err[i], "mask": data.mask[i]}
-        for name in LABELS:
-            row[name] = np.float32(data.labels[name][i]) if name in data.labels else np.float32(np.nan)
-            row[f"{name}_ERR"] = (
-                np.float32(data.label_errors[name][i]) if name in data.label_errors else np.float32(np.nan)
-            )
-        rows.append(row)
-    return rows
-
-
-def tokenize(feature_extractor, data: WindowData, index: np.ndarray, spec: StageSpec, seed: int,
-             extra: tuple[WindowData, np.ndarray] | None = None) -> dict:
-    """A training batch of stars ``index`` of ``data`` (plus ``extra`` = (data, index) rehearsal stars).
-
-    Each star gets its own random context of ``spec.context_length`` valid pixels and, with
-    ``request="random"``, one random label among those it has; both drawn from ``seed``.
-    """
-    flux, mask = data.flux[index], data.mask[index]
-    if spec.narrow_window_fraction > 0:
-        mask = narrow_window_mask(mask, spec.narrow_window_fraction, spec.narrow_window_pixels,
-                                  np.random.default_rng([seed, 7]))
-    names = list(LABELS) if isinstance(spec.request, str) else list(spec.request)
-    labels = {k: data.labels.get(k, np.full(len(data), np.nan))[index] for k in names}
-    errors = {k: data.label_errors.get(k, np.full(len(data), np.nan))[index] for k in names}
-    if extra is not None:
-        other, other_index = extra
-        flux = np.concatenate([flux, other.flux[other_index]])
-        mask = np.concatenate([mask, other.mask[other_index]])
-        labels = {k: np.concatenate([v, other.labels.get(k, np.full(len(other), np.nan))[other_index]]) for k, v in labels.items()}
-        errors = {k: np.concatenate([v, other.label_errors.get(k, np.full(len(other), np.nan))[other_index]]) for k, v in errors.items()}
-    # Errors: NaN (unknown) → 0 added variance, as the paper's loss does with missing errors.
-    errors = {k: np.nan_to_num(np.abs(v), nan=0.0) for k, v in errors.items()}
-    # "all": every label in one pass (queries never attend to each other, so this is the five
-    # one-label requests at once; a star's missing labels get query_mask 0, left out of the loss).
-    request = names if spec.request == "all" else spec.request
-    batch = feature_extractor(
-        data.wavelength, flux, mask=mask, request=request, context_length=spec.context_length,
-        sampling="random", seed=seed, labels=labels, label_errors=errors, return_tensors="pt",
-    )
-    return dict(batch)
-
-
-def narrow_window_mask(mask: np.ndarray, fraction: float, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Mask (B, P), True = bad → a copy where a ``fraction`` of the rows keep only one random
-    contiguous run of ``width`` pixels (everything else marked bad, so never in the context)."""
-    n_stars, n_pixels = mask.shape
-    chosen = rng.random(n_stars) < fraction
-    if width >= n_pixels or not chosen.any():
-        return mask
-    starts = rng.integers(0, n_pixels - width + 1, size=n_stars)
-    pixel = np.arange(n_pixels)
-    outside = (pixel < starts[:, None]) | (pixel >= starts[:, None] + width)
-    return mask | (outside & chosen[:, None])
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The batch seed of process ``rank`` at step ``step`` (contexts, random labels, narrow windows)."""
+    return int(seed) * 1_000_003 + step * 1009 + rank
 
 
 def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: int, rehearsal: WindowData | None = None):
@@ -273,11 +167,13 @@ def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: in
 
     Stars of step ``step`` are drawn from ``default_rng([seed, step])`` for all ranks at once and
     split between them, so the union over processes is the same whatever the process count, and
-    any step can be regenerated on resume. Contexts and random labels are seeded by (seed, step, rank).
+    any step can be regenerated on resume. The :func:`stage_collator` tokenizes them (with
+    ``spec.rehearsal`` stars of ``rehearsal`` appended), seeded by :func:`step_seed` (seed, step, rank).
     """
     n = len(data)
     if n == 0:
         raise ValueError(f"{spec.name}: the training set is empty")
+    collator = stage_collator(spec, feature_extractor, data.wavelength)
 
     def make_batch(step: int, rank: int, world: int):
         rng = np.random.default_rng([seed, step])
@@ -288,7 +184,7 @@ def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: in
             k = spec.rehearsal * world
             extra_index = rng.choice(len(rehearsal), size=k, replace=k > len(rehearsal))
             extra = (rehearsal, extra_index[rank * spec.rehearsal:(rank + 1) * spec.rehearsal])
-        return tokenize(feature_extractor, data, index, spec, seed=int(seed) * 1_000_003 + step * 1009 + rank, extra=extra)
+        return collator.select(data, index, seed=step_seed(seed, step, rank), rehearsal=extra)
 
     return make_batch
 
@@ -314,7 +210,8 @@ def new_model(model_config: Mapping, train: WindowData, feature_extractor=None):
 
 
 def fit_feature_extractor(feature_extractor, data: WindowData):
-    """Fit flux and label standardisation on ``data`` (flux: global median/MAD-std of valid pixels)."""
+    """Fit flux and label standardisation on ``data`` (flux: one global median and 0.01 %-trimmed std
+    of the valid pixels; labels: median / MAD-std each — see ``SpectraFMFeatureExtractor.fit``)."""
     feature_extractor.fit(
         wavelength=data.wavelength, flux=data.flux, mask=data.mask,
         labels={k: v for k, v in data.labels.items()},
@@ -329,13 +226,17 @@ def sync_label_statistics(config, feature_extractor) -> None:
         config.named_token_statistics = {k: [float(v[0]), float(v[1])] for k, v in stats.items() if k in config.named_tokens}
 
 
-def load_model(model_dir: str | Path):
-    """(model, feature extractor) from a stage folder, via the Auto classes."""
-    from transformers import AutoFeatureExtractor, AutoModel
+def save_stage_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) -> Path:
+    """:func:`~spectrafm_hf.checkpoints.save_checkpoint`, with a ``hub.cards.CardInfo`` card rendered first.
 
-    import spectrafm_hf  # noqa: F401  (registers the Auto classes)
+    The stages receive cards as ``CardInfo`` (the pipeline fills them in); the checkpoint writer sits
+    below the Hub layer and takes only rendered cards, so the rendering happens here.
+    """
+    from ..hub.cards import CardInfo, render_card
 
-    return AutoModel.from_pretrained(str(model_dir)), AutoFeatureExtractor.from_pretrained(str(model_dir))
+    if isinstance(card, CardInfo):
+        card = render_card(card)
+    return save_checkpoint(model, feature_extractor, out_dir, card=card)
 
 
 def predict(model, feature_extractor, data: WindowData, labels: Sequence[str] = ("FE_H",), batch_size: int = 64,
@@ -371,9 +272,10 @@ def _evaluator(spec: StageSpec, validation: WindowData, feature_extractor, seed:
         return evaluate
 
     # NLL on fixed validation batches: the same stars, contexts and requested labels at every evaluation.
+    collator = stage_collator(spec, feature_extractor, validation.wavelength)
     index = np.arange(len(validation))
     batches = [
-        tokenize(feature_extractor, validation, index[start:start + spec.eval_batch_size], spec, seed=seed + 7919 * (k + 1))
+        collator.select(validation, index[start:start + spec.eval_batch_size], seed=seed + 7919 * (k + 1))
         for k, start in enumerate(range(0, len(index), spec.eval_batch_size))
     ]
 
@@ -432,7 +334,8 @@ def run_stage(
         init: previous stage folder to start from, or None for a random initialisation with
             ``model_config`` (the scratch transformer, stage 1).
         rehearsal: synthetic stars (same window) for ``spec.rehearsal``.
-        card: a ``spectrafm_hf.hub.cards.CardInfo`` (or None) saved as the folder's README.md.
+        card: a ``spectrafm_hf.hub.cards.CardInfo`` (rendered here), a rendered card or None, saved
+            as the folder's README.md.
         seed: data-order / context / initialisation seed.
     """
     out_dir = Path(out_dir)
@@ -446,13 +349,11 @@ def run_stage(
             raise ValueError(f"{spec.name}: give init (a previous stage folder) or model_config for a fresh model")
         model, feature_extractor = new_model(model_config, train_data)
     else:
-        model, feature_extractor = load_model(init)
+        model, feature_extractor = load_model(init, device="cpu")  # the Accelerator places it
     apply_freezing(model, spec)
 
-    from ..hub.remote_code import save_checkpoint
-
     def save_best(unwrapped, folder: Path):
-        save_checkpoint(unwrapped, feature_extractor, folder, card=card)
+        save_stage_checkpoint(unwrapped, feature_extractor, folder, card=card)
 
     result: LoopResult = train(
         model,
