@@ -34,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+#: Files of a checkpoint folder besides the code files.
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md",
+                    "configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
 MODEL_CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
 
 #: auto_map keys every checkpoint needs; a task class key ("AutoModelFor...") is required in addition.
@@ -169,31 +172,137 @@ def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) ->
 
             card = ModelCard(card)
         card.save(out_dir / "README.md")
+    _with_usual_permissions(out_dir)
     return out_dir
+
+
+def _with_usual_permissions(folder: Path) -> None:
+    """Give the checkpoint's files the user's usual permissions (umask), not 0600.
+
+    transformers writes model.safetensors through a private temporary file (mode 0600), so on a shared
+    filesystem colleagues could not read a checkpoint whose other files they can see.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in CHECKPOINT_FILES:
+        path = folder / name
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None):
     """(model, feature_extractor) from a checkpoint folder or Hub repo, via the Auto classes.
 
-    Weights load from safetensors only (never pickle); the model is put in eval mode on ``device``
-    (default: CUDA when available, else CPU).
+    Loading is strict: the folder must hold a SpectraFM config, safetensors weights (never pickle) with
+    exactly the model's tensors — a missing or unexpected tensor is an error, never a randomly
+    initialised layer — and the feature extractor saved with it. The model is put in eval mode on
+    ``device`` (default: CUDA when available, else CPU).
+
+    Raises:
+        FileNotFoundError: a local folder without one of the required files.
+        ValueError: a file that cannot be read, a non-SpectraFM config, tensors that do not match.
     """
-    from transformers import AutoFeatureExtractor, AutoModel
+    from transformers import AutoFeatureExtractor
 
     from . import registration  # noqa: F401  (Auto class registration)
 
     path = str(name_or_path)
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} has no config.json: not a SpectraFM checkpoint folder")
-    model = AutoModel.from_pretrained(path, use_safetensors=True)
-    feature_extractor = AutoFeatureExtractor.from_pretrained(path)
+    device = resolve_device(device)
+    if os.path.isdir(path):
+        _check_local_folder(Path(path))
+    config = _load_config(path)
+    model = _load_weights_strictly(path, config)
+    try:
+        feature_extractor = AutoFeatureExtractor.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the feature extractor of {path} (preprocessor_config.json): "
+                         f"{_first_line(err)}") from None
     feature_extractor.check_compatible(model.config)
-    model.to(resolve_device(device)).eval()
+    model.to(device).eval()
     return model, feature_extractor
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _check_local_folder(folder: Path) -> None:
+    """Name the missing file of a local checkpoint folder (transformers' messages talk about the Hub)."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a SpectraFM checkpoint folder")
+    if not (folder / "model.safetensors").is_file():
+        pickled = [name for name in ("pytorch_model.bin", "model.pt", "weights.pt") if (folder / name).exists()]
+        hint = (f" (it holds {', '.join(pickled)}: pickled weights are never loaded; an original SpectraFM "
+                "checkpoint converts with `spectrafm convert-original`)") if pickled else ""
+        raise FileNotFoundError(f"{folder} has no model.safetensors{hint}")
+    if not (folder / "preprocessor_config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no preprocessor_config.json (the feature extractor saved with every checkpoint); "
+            "write checkpoints with spectrafm_hf.checkpoints.save_checkpoint"
+        )
+
+
+def _load_config(path: str):
+    """The checkpoint's config, which must be a SpectraFMConfig (not any model AutoConfig knows)."""
+    from transformers import AutoConfig
+
+    from .configuration_spectrafm import SpectraFMConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot read config.json of {path}: {_first_line(err)}") from None
+    if not isinstance(config, SpectraFMConfig):
+        raise ValueError(
+            f"{path} holds a {getattr(config, 'model_type', type(config).__name__)!r} model, not a SpectraFM "
+            f"checkpoint (config.json model_type must be {SpectraFMConfig.model_type!r})"
+        )
+    return config
+
+
+def _load_weights_strictly(path: str, config):
+    """The model of ``config`` with every tensor from model.safetensors, or a ValueError naming the mismatch."""
+    from transformers import AutoModel
+
+    try:
+        model, info = AutoModel.from_pretrained(path, config=config, use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"cannot read the weights of {path} (model.safetensors): {_first_line(err)}") from None
+    except Exception as err:  # safetensors' own error type (SafetensorError) does not derive from the above
+        if type(err).__module__.split(".")[0] != "safetensors":
+            raise
+        raise ValueError(f"cannot read the weights of {path} (model.safetensors): {_first_line(err)}") from None
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(name) for name in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{len(names)} tensor(s) {what}: {shown}")
+    if problems or info.get("error_msgs"):
+        problems += [str(msg) for msg in info.get("error_msgs") or ()]
+        raise ValueError(f"{path}: model.safetensors does not match its config.json ({'; '.join(problems)}); "
+                         "the checkpoint is incomplete or from another model")
+    return model
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device``; None → CUDA when available, else CPU."""
+    """``device`` as a ``torch.device``; None → CUDA when available, else CPU.
+
+    Raises:
+        ValueError: an unknown device name, or a CUDA/MPS device this machine does not have.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    return resolved
