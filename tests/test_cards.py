@@ -46,6 +46,19 @@ def test_every_stage_template_exists_and_hub_cards_points_at_it():
         assert (repo_cards / f"{stage}.md").resolve() == canonical.resolve()
 
 
+def test_pipeline_descriptions_are_a_packaged_template_file():
+    from spectrafm_hf.hub.cards import load_descriptions
+    from spectrafm_hf.pipeline.report import STAGE_CARDS
+
+    repo_cards = Path(__file__).resolve().parents[1] / "hub_cards"
+    text = load_descriptions()
+    assert set(text["cards"]) == set(STAGE_CARDS)  # every stage card the pipeline writes has its prose
+    assert text["cards"]["stage3"].format(n_train=100).startswith("100 simulated observed stars with [Fe/H] > −1")
+    assert "{widths}" in text["models"]["scratch_mlp"] and "{n_test}" in text["test_set"]
+    packaged = Path(str(template_path("stage1"))).with_name("descriptions.yaml")
+    assert (repo_cards / "descriptions.yaml").resolve() == packaged.resolve()
+
+
 def test_stage3_card_metadata_metrics_and_round_trip(tmp_path):
     metrics, eval_info = stage_metrics(METRICS, "stage3")
     assert metrics == {"FE_H": {"rmse": 0.0937, "rmse_feh_lt_-1": 0.2318}}  # null and NaN dropped

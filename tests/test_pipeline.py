@@ -52,7 +52,10 @@ def test_pipeline_writes_checkpoints_metrics_and_report(tiny_run):
     report = (out / "report.md").read_text()
     assert "pred_vs_true_feh.png" in report and (out / "pred_vs_true_feh.png").exists()
     assert "attention_first_half.png" in report and (out / "attention_first_half.png").exists()
-    assert set(json.loads((out / "timings.json").read_text())) >= {"stage 1 (synthetic pre-training)", "evaluation"}
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) >= {"stage 1 (synthetic pre-training)", "evaluation", "report"}
+    assert metrics["timings_s"] == timings  # written once, at the end, with the same timings
+    assert metrics["run"]["config"] == str(tiny_run[0])
 
 
 def test_stage_cards_carry_the_measured_metrics(tiny_run):
@@ -71,6 +74,24 @@ def test_stage_cards_carry_the_measured_metrics(tiny_run):
     assert "huggingface.co/" + str(out) not in card.text and "local folder" in card.text
     stage2 = ModelCard.load(out / "stage2" / "README.md")
     assert {r.metric_config for r in stage2.data.eval_results} == {"TEFF", "LOGG", "FE_H", "MG_FE", "O_FE"}
+
+
+def test_stop_after_writes_cards_without_metrics_for_new_stages_only(tiny_run, tmp_path):
+    """training/stage<k>.py stops early: a stage folder without a card gets one (nothing measured yet);
+    a finished stage keeps the card a full run gave it."""
+    from huggingface_hub import ModelCard
+
+    path, out = tiny_run
+    run = tmp_path / "early"
+    for stage in ("stage1", "stage2"):
+        shutil.copytree(out / stage, run / stage)
+    (run / "stage2" / "README.md").unlink()
+    assert run_pipeline(SimpleNamespace(config=str(path), out=str(run), seed=None, stage3_trainer=None),
+                        stop_after="stage2") == 0
+    stage2 = ModelCard.load(run / "stage2" / "README.md")
+    assert not stage2.data.eval_results and "No metrics were measured" in stage2.text
+    assert (run / "stage1" / "README.md").read_text() == (out / "stage1" / "README.md").read_text()
+    assert not (run / "stage3").exists() and not (run / "metrics.json").exists()
 
 
 def test_rerun_reuses_finished_stages_and_cached_data(tiny_run):
@@ -106,7 +127,7 @@ def test_trainer_path_with_rehearsal_is_refused_before_any_training(tmp_path):
 def test_cached_datasets_from_another_simulator_version_are_rebuilt(tmp_path, monkeypatch):
     from spectrafm_hf.data import simulator as sim
     from spectrafm_hf.data.schema import get_metadata
-    from spectrafm_hf.pipeline import _cached_dataset
+    from spectrafm_hf.pipeline.data import _cached_dataset
 
     splits = {"train": 0.5, "validation": 0.25, "test": 0.25}
     first = _cached_dataset(tmp_path, "synthetic", 8, 3, "apogee", splits)
@@ -125,7 +146,7 @@ def test_cached_datasets_with_other_split_assignments_are_rebuilt(tmp_path):
     """The cache folder name does not hold the split fractions: a cache whose train/validation/test
     membership differs from what the config asks is rebuilt; listing the same splits in another
     order reuses it."""
-    from spectrafm_hf.pipeline import _cached_dataset
+    from spectrafm_hf.pipeline.data import _cached_dataset
 
     folder = tmp_path / "synthetic-apogee-n12-seed3"
     first = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"train": 0.5, "validation": 0.25, "test": 0.25})

@@ -5,6 +5,8 @@ Templates
 The canonical templates are package resources, ``spectrafm_hf/hub/templates/{stage}.md`` (Jinja2,
 rendered by ``ModelCard.from_template``), so rendering works the same from a git checkout and from an
 installed wheel. The top-level ``hub_cards/`` folder only points at them (see ``hub_cards/README.md``).
+``templates/descriptions.yaml`` holds the prose the pipeline fills in (training data per stage, model
+descriptions of the report); :func:`load_descriptions` reads it.
 
 Stages: ``stage1`` (synthetic pre-training), ``stage2`` (observed fine-tune), ``stage3`` ([Fe/H] window
 fine-tune on 100 iron-rich stars), ``converted`` (a checkpoint of the original code, converted).
@@ -41,6 +43,8 @@ from typing import Any, Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..data.labels import LABEL_DESCRIPTIONS  # each label with its unit, for the outputs section
+
 STAGES = ("stage1", "stage2", "stage3", "converted")
 
 STAGE_TITLES = {
@@ -48,15 +52,6 @@ STAGE_TITLES = {
     "stage2": "SpectraFM stage 2: fine-tuned on observed APOGEE spectra",
     "stage3": "SpectraFM stage 3: [Fe/H] from the 16106–16220 Å window",
     "converted": "SpectraFM: converted original checkpoint",
-}
-
-#: Physical unit of each known label, for the card's output description.
-LABEL_UNITS = {
-    "TEFF": "effective temperature, K",
-    "LOGG": "surface gravity, log10(g / cm s⁻²)",
-    "FE_H": "[Fe/H], dex",
-    "MG_FE": "[Mg/Fe], dex",
-    "O_FE": "[O/Fe], dex",
 }
 
 #: Human names of the metric keys the pipeline writes; unknown keys are shown as they are.
@@ -162,6 +157,21 @@ def template_path(stage: str) -> Path:
             "(setup.cfg [options.package_data] must include spectrafm_hf.hub: templates/*.md)"
         )
     return path
+
+
+def load_descriptions() -> dict[str, Any]:
+    """The prose the pipeline fills in (``templates/descriptions.yaml``, a package resource):
+    ``{"cards": {stage folder: training data}, "models": {model: description}, "test_set": text}``,
+    each a ``str.format`` template (fields documented in the file)."""
+    import yaml
+
+    path = Path(str(resources.files("spectrafm_hf.hub") / "templates" / "descriptions.yaml"))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the package was installed without its data files "
+            "(setup.cfg [options.package_data] must include spectrafm_hf.hub: templates/*.yaml)"
+        )
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def _finite_number(value: Any, where: str) -> float | None:
@@ -300,7 +310,7 @@ values, errors = feature_extractor.to_physical(["{label}"], out.mean, out.log_va
 
 
 def _label_lines(labels: list[str]) -> str:
-    return "\n".join(f"  - `{name}`: {LABEL_UNITS.get(name, 'in the units of the training table')}"
+    return "\n".join(f"  - `{name}`: {LABEL_DESCRIPTIONS.get(name, 'in the units of the training table')}"
                      for name in labels)
 
 
@@ -372,8 +382,8 @@ def card_info_for_checkpoint(stage: str, model, feature_extractor, *, training_d
     e.g. ``["FE_H"]`` for stage 3), wavelength coverage from the feature extractor's
     ``trained_wavelength_range``, metrics of ``stage`` from a ``metrics.json`` path or dict.
 
-    The pipeline calls ``save_checkpoint(model, fe, out_dir, card=card_info_for_checkpoint(...))``; it
-    re-renders the card after evaluation by calling it again with the ``metrics.json``.
+    ``metrics`` is optional: a card rendered before evaluation says that nothing was measured. (The
+    pipeline builds its stage cards itself and renders each once, after evaluation, with its metrics.)
     """
     measured, eval_info = stage_metrics(metrics, stage)
     trained = getattr(feature_extractor, "trained_wavelength_range", None)
