@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test lint test-slow bench clean
 
 $(BIN)/spectrafm: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(BIN)/spectrafm
 demo: install
 	$(BIN)/spectrafm pipeline --config training/configs/quickstart.yaml --out runs/quickstart
 
-test: install
+# lint first: it takes seconds and names the file and line of a broken habit (see CONTRIBUTING.md)
+test: install lint
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test-slow: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow

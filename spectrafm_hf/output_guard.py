@@ -220,7 +220,8 @@ def staged_folder(out_dir: str | os.PathLike, kind: str) -> Iterator[Path]:
         os.chmod(final, 0o777 & ~umask)
         if out_dir.exists():
             if out_dir.is_dir() and any(out_dir.iterdir()) and not written_by_spectrafm(out_dir):
-                raise UnsafeOutputError(f"{out_dir} is a non-empty folder that spectrafm did not write; not replacing it")
+                raise UnsafeOutputError(
+                    f"{out_dir} is a non-empty folder that spectrafm did not write; not replacing it")
             if out_dir.is_dir():
                 shutil.rmtree(out_dir)
             else:
