@@ -200,7 +200,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
 
     Raises:
         FileNotFoundError: a local folder without one of the required files.
-        ValueError: a file that cannot be read, a non-SpectraFM config, tensors that do not match.
+        ValueError: a file that cannot be read, a non-SpectraFM config, tensors that do not match, or
+            weights that cannot be the trained ones (stored as integers/bool, NaN or inf).
     """
     from transformers import AutoFeatureExtractor
 
@@ -283,7 +284,57 @@ def _load_weights_strictly(path: str, config):
         problems += [str(msg) for msg in info.get("error_msgs") or ()]
         raise ValueError(f"{path}: model.safetensors does not match its config.json ({'; '.join(problems)}); "
                          "the checkpoint is incomplete or from another model")
+    _refuse_unusable_values(path, model)
     return model
+
+
+def _refuse_unusable_values(path: str, model) -> None:
+    """Refuse weights whose names and shapes match but whose values cannot be the trained ones.
+
+    transformers casts whatever dtype the file holds into the model's parameters, so an integer or
+    boolean tensor where the model has floating-point weights loads silently as zeros and ones; and a
+    corrupt payload can hold NaN or inf. Either would answer with a broken model. (Float-to-float
+    differences, e.g. weights stored in float16, are fine.)
+    """
+    stored = _stored_dtypes(path)
+    problems = []
+    for name, tensor in model.state_dict().items():
+        if name not in stored or not tensor.is_floating_point():
+            continue
+        if not stored[name].startswith(("F", "BF")):
+            problems.append(f"{name} is stored as {stored[name]}, not floating point")
+        elif not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{name} holds NaN or inf")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"{path}: model.safetensors holds weights that cannot be the trained ones ({shown}); "
+                         "the file is corrupt or was not written by save_checkpoint")
+
+
+def _stored_dtypes(path: str) -> dict[str, str]:
+    """Tensor name → safetensors dtype code (``F32``, ``I64`` ...) of every weight file of a checkpoint
+    (a local folder, or a Hub repo already in the cache: ``from_pretrained`` has just fetched it)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def locate(name: str) -> str | None:
+        if os.path.isdir(path):
+            return os.path.join(path, name) if os.path.isfile(os.path.join(path, name)) else None
+        return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+
+    single = locate("model.safetensors")
+    if single is not None:
+        files = [single]
+    else:
+        index = locate("model.safetensors.index.json")
+        shards = json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values() if index else ()
+        files = [locate(name) for name in sorted(set(shards))]
+    dtypes = {}
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            for name in handle.keys():
+                dtypes[name] = handle.get_slice(name).get_dtype()
+    return dtypes
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

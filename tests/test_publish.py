@@ -8,32 +8,34 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from spectrafm_hf.checkpoints import MODEL_CODE_FILES, save_checkpoint
 from spectrafm_hf.hub import publish
-from spectrafm_hf.checkpoints import MODEL_CODE_FILES
 
-AUTO_MAP = {
-    "AutoConfig": "configuration_spectrafm.SpectraFMConfig",
-    "AutoModel": "modeling_spectrafm.SpectraFMModel",
-    "AutoModelForPreTraining": "modeling_spectrafm.SpectraFMForPreTraining",
-    "AutoFeatureExtractor": "feature_extraction_spectrafm.SpectraFMFeatureExtractor",
-}
+CARD = "---\nlicense: mit\n---\n# card\n"
 
 
-def _make_folder(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "config.json").write_text(json.dumps({"model_type": "spectrafm", "auto_map": AUTO_MAP}))
-    (root / "preprocessor_config.json").write_text("{}")
-    (root / "README.md").write_text("---\nlicense: mit\n---\n# card\n")
-    (root / "model.safetensors").write_bytes(b"\0" * 2048)
-    for name in MODEL_CODE_FILES:
-        (root / name).write_text("import torch\n")
-    (root / ".cache").mkdir()
-    (root / ".cache" / "junk").write_text("never uploaded")
-    return root
+@pytest.fixture
+def checkpoint_source(tiny_model, feature_extractor, tmp_path_factory) -> Path:
+    """One real tiny checkpoint (strictly loadable) that ``_make_folder`` copies."""
+    return save_checkpoint(tiny_model, feature_extractor, tmp_path_factory.mktemp("src") / "ckpt", card=CARD)
+
+
+@pytest.fixture
+def make_folder(checkpoint_source):
+    """``make_folder(root)``: a complete checkpoint folder at ``root`` plus a hidden ``.cache`` that is
+    never uploaded."""
+    def make(root: Path) -> Path:
+        shutil.copytree(checkpoint_source, root)
+        (root / ".cache").mkdir()
+        (root / ".cache" / "junk").write_text("never uploaded")
+        return root
+
+    return make
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -83,8 +85,8 @@ def fake_hub(monkeypatch):
     return FakeApi
 
 
-def test_upload_makes_exactly_these_calls(tmp_path, fake_hub, capsys):
-    folder = _make_folder(tmp_path / "stage3")
+def test_upload_makes_exactly_these_calls(make_folder, tmp_path, fake_hub, capsys):
+    folder = make_folder(tmp_path / "stage3")
     before = _snapshot(folder)
     assert publish.run_publish(_args(folder, revision="stage3", private=True, commit_message="stage 3")) == 0
     (api,) = fake_hub.instances
@@ -101,8 +103,8 @@ def test_upload_makes_exactly_these_calls(tmp_path, fake_hub, capsys):
     assert _snapshot(folder) == before
 
 
-def test_no_revision_means_no_branch_and_a_default_message(tmp_path, fake_hub):
-    folder = _make_folder(tmp_path / "stage1")
+def test_no_revision_means_no_branch_and_a_default_message(make_folder, tmp_path, fake_hub):
+    folder = make_folder(tmp_path / "stage1")
     assert publish.run_publish(_args(folder)) == 0
     names = [c[0] for c in fake_hub.instances[0].calls]
     assert names == ["create_repo", "upload_folder"]
@@ -110,27 +112,28 @@ def test_no_revision_means_no_branch_and_a_default_message(tmp_path, fake_hub):
     assert upload_kwargs["revision"] is None and "stage1" in upload_kwargs["commit_message"]
 
 
-def test_dry_run_lists_files_with_sizes_and_never_touches_the_hub(tmp_path, monkeypatch, capsys):
+def test_dry_run_lists_files_with_sizes_and_never_touches_the_hub(make_folder, tmp_path, monkeypatch, capsys):
     def explode(*a, **k):
         raise AssertionError("dry run must not build an HfApi")
 
     monkeypatch.setattr("huggingface_hub.HfApi", explode)
-    folder = _make_folder(tmp_path / "stage2")
+    folder = make_folder(tmp_path / "stage2")
     before = _snapshot(folder)
     assert publish.run_publish(_args(folder, dry_run=True)) == 0
     out = capsys.readouterr().out
     assert "would upload" in out and "org/spectrafm" in out
-    assert any(line.startswith("model.safetensors") and "2048 B" in line and "(2.0 KiB)" in line
+    size = (folder / "model.safetensors").stat().st_size
+    assert any(line.startswith("model.safetensors") and f"{size} B" in line and "KiB)" in line
                for line in out.splitlines())
     assert ".cache" not in out and "junk" not in out
     assert "7 files" in out
     assert _snapshot(folder) == before
 
 
-def test_training_state_and_pickles_of_a_pipeline_stage_are_never_listed(tmp_path):
+def test_training_state_and_pickles_of_a_pipeline_stage_are_never_listed(make_folder, tmp_path):
     """A pipeline stage folder also holds Accelerate's resume state (pickled RNG states, optimizer) and
     tracker logs: they are training by-products and must not reach the Hub."""
-    folder = _make_folder(tmp_path / "stage3")
+    folder = make_folder(tmp_path / "stage3")
     (folder / "state").mkdir()
     (folder / "state" / "random_states_0.pkl").write_bytes(b"pickle")
     (folder / "state" / "optimizer.bin").write_bytes(b"x")
@@ -143,9 +146,9 @@ def test_training_state_and_pickles_of_a_pipeline_stage_are_never_listed(tmp_pat
 
 
 @pytest.mark.parametrize("fail_on", ["create_repo", "create_branch", "upload_folder"])
-def test_rejected_operation_gives_error_and_nonzero_exit(tmp_path, fake_hub, monkeypatch, capsys, fail_on):
+def test_rejected_operation_gives_error_and_nonzero_exit(make_folder, tmp_path, fake_hub, monkeypatch, capsys, fail_on):
     monkeypatch.setattr("huggingface_hub.HfApi", lambda: FakeApi(fail_on=fail_on))
-    folder = _make_folder(tmp_path / "s")
+    folder = make_folder(tmp_path / "s")
     before = _snapshot(folder)
     assert publish.run_publish(_args(folder, revision="b")) == 1
     err = capsys.readouterr().err
@@ -153,8 +156,8 @@ def test_rejected_operation_gives_error_and_nonzero_exit(tmp_path, fake_hub, mon
     assert _snapshot(folder) == before
 
 
-def test_no_token_and_offline_fail_clearly_before_any_call(tmp_path, fake_hub, monkeypatch, capsys):
-    folder = _make_folder(tmp_path / "s")
+def test_no_token_and_offline_fail_clearly_before_any_call(make_folder, tmp_path, fake_hub, monkeypatch, capsys):
+    folder = make_folder(tmp_path / "s")
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     assert publish.run_publish(_args(folder)) == 1
     assert "no Hugging Face token" in capsys.readouterr().err
@@ -164,8 +167,8 @@ def test_no_token_and_offline_fail_clearly_before_any_call(tmp_path, fake_hub, m
     assert fake_hub.instances == []
 
 
-def test_incomplete_folder_is_refused_naming_every_missing_piece(tmp_path, fake_hub):
-    folder = _make_folder(tmp_path / "s")
+def test_incomplete_folder_is_refused_naming_every_missing_piece(make_folder, tmp_path, fake_hub):
+    folder = make_folder(tmp_path / "s")
     (folder / "model.safetensors").unlink()
     (folder / "modeling_spectrafm.py").unlink()
     config = json.loads((folder / "config.json").read_text())
@@ -181,18 +184,24 @@ def test_incomplete_folder_is_refused_naming_every_missing_piece(tmp_path, fake_
     assert fake_hub.instances == []
 
 
-def test_bad_repo_id(tmp_path, fake_hub):
-    folder = _make_folder(tmp_path / "s")
-    with pytest.raises(ValueError, match="ORG/NAME"):
-        publish.publish_folder(folder, "just-a-name", api=FakeApi())
+@pytest.mark.parametrize("repo_id", ["just-a-name", "../../etc", "a/b/c", "", "org/..", "org/x--y", "/x"])
+def test_bad_repo_id(make_folder, tmp_path, fake_hub, repo_id):
+    """A repo id that is not ``owner/name`` is refused before any Hub call (the Hub's own validator judges
+    the characters). The CLI probes (dry run, exit 2, one line) are in test_bad_inputs.py."""
+    folder = make_folder(tmp_path / "s")
+    api = FakeApi()
+    with pytest.raises(ValueError, match="owner/name"):
+        publish.publish_folder(folder, repo_id, api=api)
+    assert api.calls == []
+    assert publish.check_repo_id("my-org/spectrafm-stage3") == "my-org/spectrafm-stage3"
 
 
-def test_cli_dry_run_exit_code_and_missing_folder(tmp_path, capsys):
+def test_cli_dry_run_exit_code_and_missing_folder(make_folder, tmp_path, capsys):
     """The real CLI entry point (``spectrafm_hf.cli.main``): dry run exits 0; a bad folder exits 2 with a
     one-line error."""
     from spectrafm_hf.cli import main
 
-    folder = _make_folder(tmp_path / "s")
+    folder = make_folder(tmp_path / "s")
     assert main(["publish", str(folder), "--repo-id", "org/x", "--dry-run"]) == 0
     assert "model.safetensors" in capsys.readouterr().out
     assert main(["publish", str(tmp_path / "nope"), "--repo-id", "org/x", "--dry-run"]) == 2

@@ -93,6 +93,7 @@ def read_apogee_spectrum(path: str | Path, kind: str | None = None) -> SpectraIn
 def _looks_like_apogee_image(path: Path) -> str | None:
     """aspcap-observed / apstar for an APOGEE file whose name does not say, None for anything else."""
     from astropy.io import fits
+    from astropy.io.fits.verify import VerifyError
 
     try:
         with fits.open(path) as hdul:
@@ -103,8 +104,8 @@ def _looks_like_apogee_image(path: Path) -> str | None:
                 return None
             # apStar's HDU 3 is an integer bitmask; aspcapStar's HDU 3 is a float synthetic spectrum.
             return "apstar" if hdul[3].header.get("BITPIX", -32) > 0 else "aspcap-observed"
-    except (OSError, ValueError, TypeError, IndexError):
-        return None
+    except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError, VerifyError, EOFError):
+        return None  # unreadable here: the reader it falls through to names the problem
 
 
 def read_spectra(path: str | Path, split: str | None = None) -> SpectraInput:

@@ -27,6 +27,9 @@ returns a ``DatasetDict`` in the project schema (one split, ``train`` by default
 
 from __future__ import annotations
 
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,38 +49,148 @@ def read_npz(path: str | Path) -> SpectraInput:
     """An ``.npz`` with ``wavelength`` ((P,) or (N, P)), ``flux`` (N, P), optional ``flux_err``,
     ``mask`` (True = bad), ``id``, and any other array of shape (N,) as a named scalar input.
 
-    Loaded with ``allow_pickle=False``: object arrays are refused.
+    Loaded with ``allow_pickle=False``: object arrays are refused, and so is anything that is not a
+    zip of ``.npy`` arrays (a text file named ``.npz``, a truncated download), with a ``ValueError``
+    naming the file.
     """
     path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a valid .npz archive (not a zip file of .npy arrays); "
+                         "write it with numpy.savez or numpy.savez_compressed")
     try:
+        _check_zip_complete(path)
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read as .npz ({err}); expected numpy.savez output") from err
+    except _ARCHIVE_ERRORS as err:
+        raise ValueError(f"{path}: not a valid .npz archive ({_reason(err)})") from err
     with archive:
-        missing = {"wavelength", "flux"} - set(archive.files)
+        names = set(archive.files)
+        missing = {"wavelength", "flux"} - names
         if missing:
             raise ValueError(f"{path}: missing array(s) {sorted(missing)}; an input .npz needs 'wavelength' and 'flux'")
-        flux = np.asarray(archive["flux"])
-        scalars = {k: np.asarray(archive[k]) for k in archive.files if k not in _NPZ_ARRAYS}
-        ids_key = "id" if "id" in archive.files else ("ids" if "ids" in archive.files else None)
-        return SpectraInput(
-            wavelength=np.asarray(archive["wavelength"]),
-            flux=flux,
-            flux_err=np.asarray(archive["flux_err"]) if "flux_err" in archive.files else None,
-            mask=np.asarray(archive["mask"]).astype(bool) if "mask" in archive.files else None,
-            scalars=scalars,
-            ids=np.asarray(archive[ids_key]) if ids_key else None,
-        )
+        arrays = {name: _npz_member(archive, name, path) for name in archive.files}
+    flux = _real(arrays["flux"], path, "flux")
+    wavelength = _real(arrays["wavelength"], path, "wavelength")
+    flux_err = _real(arrays["flux_err"], path, "flux_err") if "flux_err" in arrays else None
+    mask = _mask(arrays["mask"], path) if "mask" in arrays else None
+    _check_layout(path, wavelength, flux, flux_err, mask)
+    n = flux.shape[0] if flux.ndim == 2 else 1
+    ids_key = "id" if "id" in arrays else ("ids" if "ids" in arrays else None)
+    ids = arrays[ids_key] if ids_key else None
+    if ids is not None and (ids.ndim != 1 or len(ids) != n):
+        raise ValueError(f"{path}: array {ids_key!r} has shape {ids.shape} but the file holds {n} spectra; "
+                         "it needs one id per spectrum")
+    scalars = {}
+    for name, values in arrays.items():
+        if name in _NPZ_ARRAYS:
+            continue
+        allowed = {(n,), ()} if flux.ndim == 1 else {(n,)}  # one spectrum given as (P,) may have 0-d scalars
+        if values.shape not in allowed or values.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: array {name!r} (shape {values.shape}, dtype {values.dtype}) is neither a "
+                             f"spectrum array nor a numeric scalar per spectrum (shape ({n},)); remove or rename it")
+        scalars[name] = values
+    return SpectraInput(wavelength=wavelength, flux=flux, flux_err=flux_err, mask=mask, scalars=scalars, ids=ids)
+
+
+def _check_layout(path: Path, wavelength: np.ndarray, flux: np.ndarray, flux_err, mask) -> None:
+    """Refuse arrays of a file that do not fit together, naming the file (values are checked later)."""
+    if flux.ndim not in (1, 2) or flux.size == 0:
+        raise ValueError(f"{path}: 'flux' has shape {flux.shape}; expected (n_spectra, n_pixels) or (n_pixels,) "
+                         "with at least one pixel")
+    if wavelength.shape not in ((flux.shape[-1],), flux.shape):
+        raise ValueError(f"{path}: 'wavelength' has shape {wavelength.shape} but 'flux' has shape {flux.shape}; "
+                         f"expected ({flux.shape[-1]},) shared by every spectrum, or {flux.shape}")
+    for name, values in (("flux_err", flux_err), ("mask", mask)):
+        if values is not None and values.shape != flux.shape:
+            raise ValueError(f"{path}: {name!r} has shape {values.shape}; expected the shape of 'flux' {flux.shape}")
+
+
+#: What numpy / zipfile raise on a damaged archive or member (a flipped byte, a cut-short download).
+_ARCHIVE_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, SyntaxError,
+                   NotImplementedError)
+
+
+def _check_zip_complete(path: Path) -> None:
+    """Refuse a zip whose table of contents does not account for every member stored in it.
+
+    A damaged central directory can list fewer members than the file holds: numpy would then read a
+    spectra file silently without, say, its ``mask``. Members written by ``numpy.savez`` lie back to
+    back from byte 0 to the central directory, so their local headers and sizes must tile that span
+    exactly. (Members with a trailing data descriptor, written by streaming zip tools, are not tiled.)
+    """
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        members = sorted(archive.infolist(), key=lambda info: info.header_offset)
+        if any(info.flag_bits & 0x08 for info in members):
+            return
+        position = 0
+        for info in members:
+            handle.seek(info.header_offset)
+            header = handle.read(30)
+            if info.header_offset != position or len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise ValueError(f"the zip's table of contents does not match its members (at {info.filename!r})")
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            position += 30 + name_length + extra_length + info.compress_size
+        if position != archive.start_dir:
+            raise ValueError("the zip holds data its table of contents does not list (a damaged central "
+                             "directory)")
+
+
+def _npz_member(archive, name: str, path: Path) -> np.ndarray:
+    """One array of an open .npz, or a ValueError naming the file and the array."""
+    try:
+        values = archive[name]
+    except _ARCHIVE_ERRORS as err:
+        if "allow_pickle" in str(err):
+            # numpy's own message advises loading the file unsafely; pickles are never loaded here.
+            raise ValueError(f"{path}: array {name!r} holds Python objects (a pickle), which are never "
+                             "loaded; save it as a numeric array") from err
+        raise ValueError(f"{path}: array {name!r} cannot be read ({_reason(err)}); the .npz is corrupt "
+                         "or truncated") from err
+    if not isinstance(values, np.ndarray):  # numpy hands back raw bytes for a member that is not .npy
+        raise ValueError(f"{path}: member {name!r} is not a .npy array; the .npz is corrupt or was not "
+                         "written by numpy.savez")
+    return values
+
+
+def _reason(err: BaseException) -> str:
+    """First line of an error's message, never numpy's advice to allow pickles."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return "it holds pickled data, which is never loaded" if "pickle" in text else text
+
+
+def _real(values, path: Path, name: str) -> np.ndarray:
+    """``values`` as an array of real numbers (float or int), or a ValueError naming the file and column.
+
+    Complex, boolean, string or object values are refused rather than cast: a cast would silently drop
+    imaginary parts or turn True into a flux of 1.0.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: {name!r} has dtype {values.dtype}; expected real numbers (float or int)")
+    return values
+
+
+def _mask(values, path: Path) -> np.ndarray:
+    """A bad-pixel mask (bool, or integers/floats where nonzero = bad) as bool."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: 'mask' has dtype {values.dtype}; expected bool (True = bad pixel) or "
+                         "integers (nonzero = bad)")
+    return values.astype(bool)
 
 
 def _stack_rows(values, path: Path, name: str) -> np.ndarray:
     """A column of per-row vectors → (N, P); refuses ragged rows with a clear message."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         return values
+    if any(v is None or np.ndim(v) != 1 for v in values):
+        raise ValueError(f"{path}: column {name!r} has empty (null) or non-vector rows; every row needs one "
+                         "spectrum vector")
     lengths = {len(v) for v in values}
     if len(lengths) > 1:
         raise ValueError(f"{path}: column {name!r} has rows of different lengths {sorted(lengths)[:5]}; "
                          "every spectrum of a table must have the same number of pixels")
+    if len(values) == 0:
+        raise ValueError(f"{path}: column {name!r} has no rows; the table holds no spectra")
     return np.stack([np.asarray(v) for v in values])
 
 
@@ -87,15 +200,17 @@ def _from_columns(columns: dict[str, np.ndarray], path: Path) -> SpectraInput:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; a spectra table needs 'wavelength' and 'flux' "
                          f"(found {sorted(columns)})")
-    flux = _stack_rows(columns["flux"], path, "flux").astype(np.float64)
+    flux = _real(_stack_rows(columns["flux"], path, "flux"), path, "flux").astype(np.float64)
     if flux.ndim != 2:
         raise ValueError(f"{path}: 'flux' must be one vector per row, got shape {flux.shape}")
     n = flux.shape[0]
-    wavelength = _stack_rows(columns["wavelength"], path, "wavelength").astype(np.float64)
+    wavelength = _real(_stack_rows(columns["wavelength"], path, "wavelength"), path, "wavelength").astype(np.float64)
     if wavelength.ndim == 2 and (wavelength.shape[0] == 1 or np.all(wavelength == wavelength[:1])):
         wavelength = wavelength[0]  # one grid for every row: keep it once
-    flux_err = _stack_rows(columns["flux_err"], path, "flux_err").astype(np.float64) if "flux_err" in columns else None
-    mask = _stack_rows(columns["mask"], path, "mask").astype(bool) if "mask" in columns else None
+    flux_err = (_real(_stack_rows(columns["flux_err"], path, "flux_err"), path, "flux_err").astype(np.float64)
+                if "flux_err" in columns else None)
+    mask = _mask(_stack_rows(columns["mask"], path, "mask"), path) if "mask" in columns else None
+    _check_layout(path, wavelength, flux, flux_err, mask)
     ids = None
     for name in _ID_COLUMNS:
         if name in columns:
@@ -143,30 +258,51 @@ def read_parquet(path: str | Path) -> SpectraInput:
 
 def read_fits_table(path: str | Path) -> SpectraInput:
     """The first binary table of a FITS file → SpectraInput (see the module docstring)."""
-    from .fits_io import native_byte_order as _native
     from .fits_io import open_fits as _open_fits
 
     path = Path(path)
     with _open_fits(path) as hdul:
-        tables = [h for h in hdul if getattr(h, "columns", None) is not None and h.data is not None]
-        if not tables:
-            raise ValueError(f"{path}: no binary table HDU; a FITS spectra table has 'wavelength' and 'flux' columns")
-        data = tables[0].data
-        columns = {}
-        for name in data.columns.names:
-            values = np.asarray(data[name])
-            values = np.char.strip(values.astype(str)) if values.dtype.kind in "SU" else _native(values).copy()
-            columns[_canonical(name)] = values
-        if "wavelength" not in columns:
-            for hdu in hdul:
-                if hdu.name.upper() == "WAVELENGTH" and hdu.data is not None:
-                    if getattr(hdu, "columns", None) is not None:
-                        values = np.asarray(hdu.data[hdu.data.columns.names[0]])
-                    else:
-                        values = np.asarray(hdu.data)
-                    columns["wavelength"] = _native(values).reshape(-1).copy()
-                    break
+        try:
+            columns = _fits_table_columns(hdul)
+        except _fits_errors() as err:
+            # a damaged header card (TFORM, TTYPE ...) surfaces only when the table is decoded
+            raise ValueError(f"{path}: the FITS table cannot be decoded ({_reason(err)}); the file is corrupt "
+                             "or not a spectra table") from err
+    if columns is None:
+        raise ValueError(f"{path}: no binary table HDU; a FITS spectra table has 'wavelength' and 'flux' columns")
     return _from_columns(columns, path)
+
+
+def _fits_errors() -> tuple[type[BaseException], ...]:
+    """What astropy raises while decoding a damaged table (imported late: astropy is slow to import)."""
+    from astropy.io.fits.verify import VerifyError
+
+    return (VerifyError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def _fits_table_columns(hdul) -> dict[str, np.ndarray] | None:
+    """Columns of the first binary table (names canonical, arrays native-endian), None if there is none."""
+    from .fits_io import native_byte_order as _native
+
+    tables = [h for h in hdul if getattr(h, "columns", None) is not None and h.data is not None]
+    if not tables:
+        return None
+    data = tables[0].data
+    columns = {}
+    for name in data.columns.names:
+        values = np.asarray(data[name])
+        values = np.char.strip(values.astype(str)) if values.dtype.kind in "SU" else _native(values).copy()
+        columns[_canonical(str(name))] = values
+    if "wavelength" not in columns:
+        for hdu in hdul:
+            if hdu.name.upper() == "WAVELENGTH" and hdu.data is not None:
+                if getattr(hdu, "columns", None) is not None:
+                    values = np.asarray(hdu.data[hdu.data.columns.names[0]])
+                else:
+                    values = np.asarray(hdu.data)
+                columns["wavelength"] = _native(values).reshape(-1).copy()
+                break
+    return columns
 
 
 def read_table(path: str | Path) -> SpectraInput:

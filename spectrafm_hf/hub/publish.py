@@ -1,9 +1,10 @@
 """``spectrafm publish``: upload one complete stage checkpoint folder to the Hugging Face Hub.
 
 Stages can be separate repos (``--repo-id org/spectrafm-stage1`` ...) or branches of one repo
-(``--repo-id org/spectrafm --revision stage1``). The folder is validated first (weights, config,
-preprocessor config, card, remote code, ``auto_map``); ``--dry-run`` lists what would be uploaded with
-sizes and touches no network. The local folder is only ever read.
+(``--repo-id org/spectrafm --revision stage1``). The repo id must be ``owner/name``. The folder is
+validated first (weights, config, preprocessor config, card, remote code, ``auto_map``, and that it
+loads strictly: a truncated or mismatched ``model.safetensors`` is refused); ``--dry-run`` lists what
+would be uploaded with sizes and touches no network. The local folder is only ever read.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def validate_checkpoint_folder(stage_dir: str | Path) -> list[tuple[str, int]]:
     Raises:
         FileNotFoundError: the folder does not exist.
         ValueError: files are missing or ``config.json`` lacks the remote-code ``auto_map`` (the message
-            lists every problem and how to fix it).
+            lists every problem and how to fix it); or the files are all there but the checkpoint does
+            not load strictly (truncated weights, tensors that do not match the config).
     """
     root = Path(stage_dir)
     if not root.is_dir():
@@ -75,7 +77,45 @@ def validate_checkpoint_folder(stage_dir: str | Path) -> list[tuple[str, int]]:
             + ". Write checkpoints with spectrafm_hf.checkpoints.save_checkpoint (every stage and "
               "convert-original do)."
         )
+    check_loads_strictly(root)
     return listing
+
+
+def check_loads_strictly(root: Path) -> None:
+    """Refuse a folder whose files are all present but do not load as the model they describe.
+
+    A truncated or corrupt ``model.safetensors``, tensors that do not match ``config.json``, or a
+    broken preprocessor config would otherwise be uploaded and fail for everyone who downloads it.
+    The strict loader of :func:`spectrafm_hf.checkpoints.load_model` (on CPU) is the one judge.
+    """
+    from ..checkpoints import load_model
+
+    try:
+        load_model(root, device="cpu")
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"{root} would not load, so it is not published: {err}") from err
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a valid Hub model id of the form ``owner/name``, else a one-line ValueError.
+
+    The Hub's own validator (``huggingface_hub.utils.validate_repo_id``) judges the characters; an id
+    without an owner is refused too, so a stage never lands in an unintended personal namespace.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    reason = None
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        reason = "it needs exactly one '/' between owner and name"
+    else:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            reason = " ".join(str(err).split())
+    if reason is not None:
+        raise ValueError(f"--repo-id {repo_id!r} is not a valid Hub repo id ({reason}); use the form "
+                         "owner/name, e.g. my-org/spectrafm-stage3")
+    return repo_id
 
 
 def _human_size(n_bytes: int) -> str:
@@ -105,8 +145,7 @@ def publish_folder(stage_dir: str | Path, repo_id: str, *, revision: str | None 
     """
     from huggingface_hub import HfApi
 
-    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+    check_repo_id(repo_id)
     listing = validate_checkpoint_folder(stage_dir)
     api = api or HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -128,6 +167,7 @@ def run_publish(args) -> int:
     Returns 0 on success; 1 when the Hub cannot be reached or refuses (message on stderr). Bad input
     (incomplete folder, bad repo id) raises ``ValueError``/``FileNotFoundError`` (the CLI exits 2).
     """
+    check_repo_id(args.repo_id)  # before reading the folder: a bad id is refused even in a dry run
     listing = validate_checkpoint_folder(args.stage_dir)
     target = args.repo_id + (f" (branch {args.revision})" if args.revision else "")
     if args.dry_run:

@@ -224,7 +224,13 @@ def check_apogee_grid(header, path: Path, where: str) -> None:
     if ctype is not None and str(ctype).strip().upper() not in ("LOG-LINEAR", "LOG10", "LINEAR-LOG"):
         raise ValueError(f"{path}: {where} CTYPE1={ctype!r}; expected 'LOG-LINEAR' (the APOGEE grid)")
     for key, value in expected.items():
-        if key in header and not np.isclose(float(header[key]), value, rtol=0, atol=1e-9 * max(1.0, value)):
+        if key not in header:
+            continue
+        try:
+            found = float(header[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {where} {key}={header[key]!r} is not a number; the header is corrupt") from None
+        if not np.isclose(found, value, rtol=0, atol=1e-9 * max(1.0, value)):
             raise ValueError(
                 f"{path}: {where} {key}={header[key]} but the APOGEE DR17 grid has {key}={value} "
                 f"(λ = 10**(4.179 + 6e-6·i), 8575 pixels); this spectrum is on another grid — resample it "
@@ -236,9 +242,11 @@ def _hdu_data(hdul, index: int, path: Path, what: str) -> np.ndarray:
     """Data of image HDU ``index`` as a native-endian array, or a ValueError naming what is missing."""
     if index >= len(hdul):
         raise ValueError(f"{path}: missing HDU {index} ({what}); the file has only {len(hdul)} HDUs")
+    from astropy.io.fits.verify import VerifyError
+
     try:
         data = hdul[index].data
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, KeyError, VerifyError) as err:
         raise ValueError(f"{path}: HDU {index} ({what}) cannot be read ({err}); is the file truncated?") from err
     if data is None:
         raise ValueError(f"{path}: HDU {index} ({what}) holds no data")
