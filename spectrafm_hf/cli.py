@@ -33,6 +33,9 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--context", default="all",
                        help="'all' = every valid pixel at once, or an int: disjoint chunks of that size")
+        p.add_argument("--all-pixels", action="store_true",
+                       help="read every valid pixel, not only those inside the window the model was last "
+                            "trained on (the default)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     elif name == "simulate":
         p.add_argument("--universe", choices=["synthetic", "observed"], required=True)

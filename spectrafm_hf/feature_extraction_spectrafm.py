@@ -12,6 +12,8 @@ between raw arrays and the model:
   |z| > ``flux_outlier_threshold`` (see :meth:`SpectraFMFeatureExtractor.fit` for why flux needs
   its own, wider, fitted limit). A per-pixel table keyed by wavelength is an option only for
   checkpoints converted from the original code (its pixels keep the paper's |z| > 10 rule);
+* per-star quality checks for inference (:meth:`SpectraFMFeatureExtractor.prepare` with
+  ``assess=True``, see :class:`SpectraQuality`): stars the model cannot answer for are flagged;
 * context selection: a random subset per star for training (each star its own permutation), and
   for inference either every valid pixel at once or disjoint chunks covering every valid pixel,
   combined afterwards by :meth:`combine_chunks`;
@@ -56,6 +58,54 @@ def mad_std(values: np.ndarray) -> tuple[float, float]:
     return median, std
 
 
+#: Per-star quality flags (:class:`SpectraQuality`) → what they mean. Stars with a flag in
+#: ``REFUSING_FLAGS`` get no prediction (NaN); the others are predicted and flagged.
+QUALITY_FLAGS = {
+    "no_valid_pixels": "every pixel is masked, non-finite or a flux outlier (refused)",
+    "no_pixels_in_trained_range": "no valid pixel inside the model's trained wavelength range (or, by default, "
+                                  "its training window) (refused)",
+    "flux_not_like_training": "the median flux lies more than FLUX_MEDIAN_LIMIT trained flux scales from the "
+                              "trained flux centre, e.g. all-zero flux for a continuum-normalised model (refused)",
+    "constant_flux": "every valid flux value is identical: no spectrum to read (refused)",
+    "few_pixels": "fewer than MIN_PIXELS valid pixels inside the trained range (predicted, flagged)",
+    "partly_outside_trained_range": "some valid pixels lie outside the trained wavelength range (predicted, flagged)",
+}
+REFUSING_FLAGS = frozenset({"no_valid_pixels", "no_pixels_in_trained_range", "flux_not_like_training", "constant_flux"})
+#: fewer valid pixels inside the trained range than this → ``few_pixels``
+MIN_PIXELS = 16
+#: |median flux − flux_median| / flux_std above this → ``flux_not_like_training``. A real star's median
+#: flux sits near the continuum, within ~2–3 scales of the centre; all-zero flux on continuum-normalised
+#: training lies ~10 scales away.
+FLUX_MEDIAN_LIMIT = 5.0
+
+
+@dataclass
+class SpectraQuality:
+    """Per-star quality of spectra prepared for inference (:meth:`SpectraFMFeatureExtractor.prepare`
+    with ``assess=True``).
+
+    Attributes:
+        n_read: (N,) valid pixels the model reads (inside the reading window, if one was given).
+        n_in_trained_range: (N,) of those, the ones inside ``trained_wavelength_range``.
+        n_not_read: (N,) valid pixels outside the reading window, left out.
+        flags: (N,) str, ``";"``-joined names from :data:`QUALITY_FLAGS`; ``""`` = fine.
+    """
+
+    n_read: np.ndarray
+    n_in_trained_range: np.ndarray
+    n_not_read: np.ndarray
+    flags: np.ndarray
+
+    @property
+    def refused(self) -> np.ndarray:
+        """(N,) bool: stars with a flag in :data:`REFUSING_FLAGS` (no prediction)."""
+        return np.array([bool(REFUSING_FLAGS.intersection(f.split(";"))) for f in self.flags], dtype=bool)
+
+    def select(self, index) -> "SpectraQuality":
+        return SpectraQuality(self.n_read[index], self.n_in_trained_range[index], self.n_not_read[index],
+                              self.flags[index])
+
+
 @dataclass
 class PreparedSpectra:
     """Validated, standardised spectra (the output of :meth:`SpectraFMFeatureExtractor.prepare`).
@@ -65,12 +115,14 @@ class PreparedSpectra:
         values: standardised flux, (N, P), float32 (0 where not valid).
         valid: (N, P) bool, True = usable pixel (not masked, finite, |z| within the threshold).
         scalars: named input → (N,) standardised values (NaN = absent for that star).
+        quality: per-star checks (``prepare(..., assess=True)``), else None.
     """
 
     wavelength: np.ndarray
     values: np.ndarray
     valid: np.ndarray
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
+    quality: SpectraQuality | None = None
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -79,7 +131,8 @@ class PreparedSpectra:
         """The spectra at ``index`` (slice or integer array)."""
         wavelength = self.wavelength if self.wavelength.ndim == 1 else self.wavelength[index]
         return PreparedSpectra(wavelength, self.values[index], self.valid[index],
-                               {k: v[index] for k, v in self.scalars.items()})
+                               {k: v[index] for k, v in self.scalars.items()},
+                               None if self.quality is None else self.quality.select(index))
 
 
 def _unmasked_pixels(flux: np.ndarray, flux_err=None, mask=None) -> np.ndarray:
@@ -176,7 +229,11 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
             original code. Pixels not in the table use the global statistics; a std of 0 leaves the
             value unstandardised (as the original did).
         trained_wavelength_range (`list[float]`, optional): [min, max] Å of the pixels the model was
-            trained on (set by :meth:`fit`); pixels outside raise a warning with their count.
+            trained on (set by :meth:`fit`, i.e. from the first stage's data); pixels outside raise a
+            warning with their count.
+        training_window_A (`list[float]`, optional): [min, max] Å of the window the model was last
+            trained (fine-tuned) on, set by the training stages before saving; inference reads only
+            these pixels by default (``prepare(window=...)``). None = not recorded (read every pixel).
         context_length (`int`): default number of pixels per training example (``sampling="random"``).
         outlier_threshold (`float`): named-token values (and per-pixel-table flux) with |z| above it are
             treated as missing (the paper's 10).
@@ -194,6 +251,7 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         flux_std: float | None = None,
         pixel_statistics: Mapping[str, Sequence[float]] | None = None,
         trained_wavelength_range: Sequence[float] | None = None,
+        training_window_A: Sequence[float] | None = None,
         context_length: int = 512,
         outlier_threshold: float = 10.0,
         flux_outlier_threshold: float | None = None,
@@ -226,6 +284,11 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         self.trained_wavelength_range = (
             None if trained_wavelength_range is None else [float(x) for x in trained_wavelength_range]
         )
+        self.training_window_A = None if training_window_A is None else [float(x) for x in training_window_A]
+        if self.training_window_A is not None and not (
+            len(self.training_window_A) == 2 and self.training_window_A[0] <= self.training_window_A[1]
+        ):
+            raise ValueError(f"training_window_A must be [min, max] Å, got {training_window_A}")
         self.context_length = int(context_length)
         self.outlier_threshold = float(outlier_threshold)
         self.flux_outlier_threshold = None if flux_outlier_threshold is None else float(flux_outlier_threshold)
@@ -365,7 +428,8 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         self.flux_outlier_threshold = float(max(self.outlier_threshold, 2.0 * np.abs(extremes).max()))
 
     # ---- validation and standardisation -------------------------------------------------------
-    def prepare(self, wavelength, flux, flux_err=None, mask=None, scalars=None, warn: bool = True) -> PreparedSpectra:
+    def prepare(self, wavelength, flux, flux_err=None, mask=None, scalars=None, warn: bool = True,
+                window: Sequence[float] | None = None, assess: bool = False) -> PreparedSpectra:
         """Validate spectra and standardise them. Raises ``ValueError`` on bad input (naming the problem
         and the fix); warns (with the count) about valid pixels outside the trained wavelength range.
 
@@ -376,6 +440,11 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
                 the model does not read them.
             mask: bool like ``flux``, True = bad pixel (never attended).
             scalars: named input → (N,) physical values (NaN = absent).
+            warn: warn about valid pixels outside ``trained_wavelength_range``.
+            window: [min, max] Å; pixels outside are left out (e.g. ``training_window_A``).
+            assess: inference mode: per-star :class:`SpectraQuality` in the result's ``quality``
+                (flags instead of the out-of-range warning), and a star with no valid pixel is
+                flagged instead of raising.
         """
         if not self.is_fitted:
             raise ValueError(
@@ -383,6 +452,34 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
                 "dataset: spectrafm_hf.data.standardisation.fit_feature_extractor_from_dataset), or construct "
                 "it with flux_median= and flux_std="
             )
+        flux = self._checked_flux(flux)
+        wavelength = self._checked_wavelength(wavelength, flux.shape)
+        valid = _unmasked_pixels(flux, flux_err, mask)
+        values, within = self._standardise_flux(wavelength, flux)
+        valid &= within
+        n_not_read = np.zeros(len(flux), dtype=np.int64)
+        if window is not None:
+            grid = np.broadcast_to(wavelength, valid.shape)
+            inside = (grid >= float(window[0])) & (grid <= float(window[1]))
+            n_not_read = (valid & ~inside).sum(axis=1)
+            valid &= inside
+        empty = np.flatnonzero(~valid.any(axis=1))
+        if empty.size and not assess:
+            raise ValueError(
+                f"every pixel is masked, non-finite or an outlier (|z| > {self._flux_limit:g}) in "
+                f"{empty.size} spectrum/spectra (indices {empty[:10].tolist()}{' ...' if empty.size > 10 else ''}); "
+                "drop them, or check the flux normalisation and the mask (True = bad pixel)"
+            )
+        values = np.where(valid, values, 0.0).astype(np.float32)
+        scalars_z = self._standardise_scalars(scalars, len(flux))
+        quality = self._assess_quality(wavelength, flux, valid, n_not_read) if assess else None
+        if warn and not assess:
+            self._warn_outside_trained_range(wavelength, valid)
+        return PreparedSpectra(wavelength, values, valid, scalars_z, quality)
+
+    @staticmethod
+    def _checked_flux(flux) -> np.ndarray:
+        """Flux as float64 (N, P); ``ValueError`` unless it is 1-D or 2-D and not empty."""
         flux = _numpy(flux, np.float64)
         if flux.ndim == 1:
             flux = flux[None]
@@ -391,25 +488,38 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
                 f"flux must have shape (n_spectra, n_pixels) (or (n_pixels,) for one spectrum), got shape "
                 f"{flux.shape}; reshape or loop over your extra axes"
             )
-        n, p = flux.shape
-        if n == 0 or p == 0:
+        if flux.shape[0] == 0 or flux.shape[1] == 0:
             raise ValueError(f"flux is empty (shape {flux.shape})")
-        wavelength = self._checked_wavelength(wavelength, flux.shape)
-        valid = _unmasked_pixels(flux, flux_err, mask)
-        values, within = self._standardise_flux(wavelength, flux)
-        valid &= within
-        empty = np.flatnonzero(~valid.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"every pixel is masked, non-finite or an outlier (|z| > {self._flux_limit:g}) in "
-                f"{empty.size} spectrum/spectra (indices {empty[:10].tolist()}{' ...' if empty.size > 10 else ''}); "
-                "drop them, or check the flux normalisation and the mask (True = bad pixel)"
-            )
-        values = np.where(valid, values, 0.0).astype(np.float32)
-        scalars_z = self._standardise_scalars(scalars, n)
-        if warn:
-            self._warn_outside_trained_range(wavelength, valid)
-        return PreparedSpectra(wavelength, values, valid, scalars_z)
+        return flux
+
+    def _assess_quality(self, wavelength: np.ndarray, flux: np.ndarray, valid: np.ndarray,
+                        n_not_read: np.ndarray) -> SpectraQuality:
+        """Per-star :class:`SpectraQuality` of the ``valid`` (N, P) pixels of ``flux`` (N, P, physical)
+        on ``wavelength`` (P,) or (N, P) Å; the rules are those of :data:`QUALITY_FLAGS`."""
+        n_read = valid.sum(axis=1)
+        inside = valid
+        if self.trained_wavelength_range is not None:
+            lo, hi = self.trained_wavelength_range
+            grid = np.broadcast_to(wavelength, valid.shape)
+            inside = valid & (grid >= lo) & (grid <= hi)
+        n_in = inside.sum(axis=1)
+        read_flux = np.where(valid, flux, np.nan)
+        with warnings.catch_warnings():  # stars without valid pixels: all-NaN rows, flagged below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median_z = (np.nanmedian(read_flux, axis=1) - self.flux_median) / self.flux_std
+            spread = np.nanmax(read_flux, axis=1) - np.nanmin(read_flux, axis=1)
+        rules = {  # (N,) bool per flag, in QUALITY_FLAGS order
+            "no_valid_pixels": (n_read == 0) & (n_not_read == 0),
+            # valid pixels, but none the model reads inside its range (or its window, all left out)
+            "no_pixels_in_trained_range": (n_in == 0) & ((n_read > 0) | (n_not_read > 0)),
+            "flux_not_like_training": (n_read > 0) & (np.abs(median_z) > FLUX_MEDIAN_LIMIT),
+            "constant_flux": (n_read > 1) & (spread == 0),
+            "few_pixels": (n_in > 0) & (n_in < MIN_PIXELS),
+            "partly_outside_trained_range": (n_in > 0) & (n_in < n_read),
+        }
+        flags = np.array([";".join(name for name, hit in rules.items() if hit[i]) for i in range(len(flux))],
+                         dtype=object)
+        return SpectraQuality(n_read, n_in, np.asarray(n_not_read), flags)
 
     def _checked_wavelength(self, wavelength, shape: tuple[int, int]) -> np.ndarray:
         """Wavelengths (Å) as float64 (P,) or (N, P) for flux of ``shape`` (N, P); ``ValueError`` if they
@@ -708,10 +818,12 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
     def combine_chunks(spectrum_index, mean, log_variance, n_spectra: int | None = None):
         """Combine the predictions of a star's disjoint chunks (standardised units).
 
-        Precision-weighted mean ``μ = Σ w_k μ_k / Σ w_k`` with ``w_k = exp(−s_k)``; variance
-        ``1 / Σ w_k`` (the chunks as independent measurements) PLUS the weighted spread of the chunk
-        means around μ, ``Σ w_k (μ_k − μ)² / Σ w_k``, so chunks that disagree widen the error bar.
-        A star with one chunk keeps its prediction unchanged.
+        Mean: precision-weighted, ``μ = Σ w_k μ_k / Σ w_k`` with ``w_k = exp(−s_k)``. Variance: the
+        precision-weighted mean of the chunk variances, ``Σ w_k σ_k² / Σ w_k = n / Σ w_k``, PLUS the
+        weighted spread of the chunk means around μ, ``Σ w_k (μ_k − μ)² / Σ w_k``. The chunks of one
+        star are NOT independent measurements (they share the star's systematic errors: its model
+        mismatch, its label-space region), so there is no 1/n shrinkage: n chunks that agree give the
+        σ of one chunk; chunks that disagree widen it. A star with one chunk keeps its prediction.
 
         Args:
             spectrum_index: (R,) star of each row; mean, log_variance: (R, Q).
@@ -727,12 +839,13 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         weight = np.exp(-log_variance)
         sum_w = np.zeros((n, q))
         np.add.at(sum_w, index, weight)
+        n_chunks = np.bincount(index, minlength=n)[:, None].astype(np.float64)
         mu = np.zeros((n, q))
         np.add.at(mu, index, weight * mean)
         mu /= sum_w
         spread = np.zeros((n, q))
         np.add.at(spread, index, weight * (mean - mu[index]) ** 2)
-        variance = 1.0 / sum_w + spread / sum_w
+        variance = (n_chunks + spread) / sum_w
         return mu, np.log(variance)
 
     def to_physical(self, query, mean, log_variance) -> tuple[np.ndarray, np.ndarray]:
@@ -762,4 +875,5 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
 #: The paper's word for it. (The class itself must not be named "...Tokenizer": see module docstring.)
 SpectraFMTokenizer = SpectraFMFeatureExtractor
 
-__all__ = ["SpectraFMFeatureExtractor", "SpectraFMTokenizer", "PreparedSpectra", "mad_std"]
+__all__ = ["SpectraFMFeatureExtractor", "SpectraFMTokenizer", "PreparedSpectra", "SpectraQuality", "QUALITY_FLAGS",
+           "REFUSING_FLAGS", "mad_std"]

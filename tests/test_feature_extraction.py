@@ -134,18 +134,20 @@ def test_chunked_and_full_inference_agree_when_the_context_covers_the_spectrum(t
     np.testing.assert_allclose(log_variance, a.log_variance.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_combine_chunks_precision_weights_and_adds_the_spread():
+def test_combine_chunks_precision_weights_without_shrinking_and_adds_the_spread():
     index = np.array([0, 0, 1])
     mean = np.array([[1.0], [3.0], [5.0]])
     log_variance = np.log(np.array([[1.0], [3.0], [2.0]]))
     mu, log_var = SpectraFMFeatureExtractor.combine_chunks(index, mean, log_variance)
     w = np.array([1.0, 1 / 3])
     expected_mu = (w * [1.0, 3.0]).sum() / w.sum()  # 1.5
-    expected_var = 1 / w.sum() + (w * (np.array([1.0, 3.0]) - expected_mu) ** 2).sum() / w.sum()
+    mean_chunk_variance = (w * [1.0, 3.0]).sum() / w.sum()  # precision-weighted mean of the variances
+    expected_var = mean_chunk_variance + (w * (np.array([1.0, 3.0]) - expected_mu) ** 2).sum() / w.sum()
     assert mu[0, 0] == pytest.approx(expected_mu) and np.exp(log_var[0, 0]) == pytest.approx(expected_var)
     assert mu[1, 0] == 5.0 and np.exp(log_var[1, 0]) == pytest.approx(2.0)  # one chunk: unchanged
     agree = SpectraFMFeatureExtractor.combine_chunks([0, 0], [[1.0], [1.0]], np.log([[1.0], [1.0]]))
-    assert np.exp(agree[1][0, 0]) == pytest.approx(0.5)  # agreeing chunks: independent measurements
+    # agreeing chunks of one star share its systematic errors: no 1/n shrinkage (was 0.5)
+    assert np.exp(agree[1][0, 0]) == pytest.approx(1.0)
 
 
 def test_to_physical(feature_extractor):

@@ -282,7 +282,7 @@ from spectrafm_hf.predict import load_model, predict_labels
 
 model, feature_extractor = load_model("{where}")
 {grid}
-flux = np.ones((2, wavelength.size))  # continuum-normalised, one row per star (NaN = bad pixel)
+flux = 1 - 0.05 * np.random.default_rng(0).random((2, wavelength.size))  # normalised; NaN = bad pixel
 result = predict_labels(model, feature_extractor, wavelength, flux, request=["{label}"])
 values, errors = result["{label}"]  # physical units, 1σ
 print(values, errors)
