@@ -129,6 +129,31 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False,
     return resolved
 
 
+def open_work_folder(path: str | os.PathLike, *, kind: str, option: str = "--out") -> Path:
+    """Create or reopen a folder that a command fills over time and may resume (a pipeline run).
+
+    Unlike :func:`check_output_folder` nothing is ever replaced: the folder is created, or reused when
+    this package wrote it (its marker, or an earlier run's checkpoint folders inside), and marked.
+
+    Raises:
+        UnsafeOutputError: a protected path, a file, or a non-empty folder this package did not write.
+    """
+    resolved = _resolve(path)
+    _check_not_protected(path, resolved, option)
+    if resolved.exists() and not resolved.is_dir():
+        raise UnsafeOutputError(f"{option} {str(path)!r} is an existing file, not a folder; choose a new folder name")
+    if resolved.is_dir() and any(resolved.iterdir()) and not written_by_spectrafm(resolved):
+        if not any(written_by_spectrafm(child) for child in resolved.iterdir() if child.is_dir()):
+            raise UnsafeOutputError(
+                f"{option} {str(path)!r} is a non-empty folder that spectrafm did not write; choose a new folder "
+                "(its files would be mixed with this run's)"
+            )
+    resolved.mkdir(parents=True, exist_ok=True)
+    if not (resolved / MARKER).exists():
+        mark_written(resolved, kind)
+    return resolved
+
+
 def check_output_file(path: str | os.PathLike, *, overwrite: bool = False,
                       inputs: Iterable[str | os.PathLike] = (), option: str = "--output") -> Path:
     """Validate an output FILE before any work is done (so no result is computed and then lost).

@@ -157,3 +157,32 @@ def test_cached_datasets_with_other_split_assignments_are_rebuilt(tmp_path):
     other = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"train": 0.75, "validation": 0.25})
     assert (folder / "dataset_dict.json").stat().st_mtime_ns != stamp
     assert set(other) == {"train", "validation"} and len(other["train"]) == 9
+
+
+def test_rerun_with_a_different_config_names_the_differing_keys_and_trains_nothing(tiny_run, tmp_path):
+    """Issue 13 item 10: a finished stage is reused only if made with the same settings and data."""
+    path, out = tiny_run
+    config = yaml.safe_load(path.read_text())
+    config["stage2"]["max_steps"] = int(config["stage2"]["max_steps"]) + 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"stage2.*loop\.max_steps"):
+        run_pipeline(SimpleNamespace(config=str(changed), out=str(out), seed=None, stage3_trainer=None))
+    with pytest.raises(ValueError, match=r"seed: 0 → 1"):
+        run_pipeline(SimpleNamespace(config=str(path), out=str(out), seed=1, stage3_trainer=None))
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before  # nothing retrained, rewritten or deleted
+
+
+def test_pipeline_out_must_be_a_spectrafm_folder(tiny_run, tmp_path, monkeypatch):
+    from spectrafm_hf.output_guard import UnsafeOutputError
+
+    path, _ = tiny_run
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(tmp_path)
+    for out in ("", ".", "mine"):
+        with pytest.raises(UnsafeOutputError):
+            run_pipeline(SimpleNamespace(config=str(path), out=out, seed=None, stage3_trainer=None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

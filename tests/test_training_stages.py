@@ -62,11 +62,33 @@ def test_stage3_keeps_decoder_and_second_encoder_block_frozen(three_stages):
     assert any(not torch.equal(after[k], before[k]) for k in trainable)
 
 
-def test_completed_stage_is_skipped_on_rerun(three_stages):
+def test_completed_stage_is_skipped_on_rerun_only_with_the_same_settings_and_data(three_stages):
     out, (s1, _, _) = three_stages
-    again = run_stage(StageSpec("stage1", "all", "random", 8, 32, _loop(4)), toy_data(24, 0), toy_data(12, 2),
-                      out / "stage1", model_config=TINY_MODEL)
+    spec = StageSpec("stage1", "all", "random", 8, 32, _loop(4))
+    validation = toy_data(12, 2, feh_range=(-1.0, 0.4))
+    again = run_stage(spec, toy_data(24, 0), validation, out / "stage1", model_config=TINY_MODEL)
     assert again.skipped and again.best_step == s1.best_step
+    recorded = (out / "stage1" / "stage_config.json").read_text()
+    with pytest.raises(ValueError, match=r"data\.validation"):  # other validation stars select another model
+        run_stage(spec, toy_data(24, 0), toy_data(12, 2), out / "stage1", model_config=TINY_MODEL)
+    with pytest.raises(ValueError, match=r"spec\.loop\.max_steps: 4 → 5"):
+        run_stage(StageSpec("stage1", "all", "random", 8, 32, _loop(5)), toy_data(24, 0), validation, out / "stage1",
+                  model_config=TINY_MODEL)
+    with pytest.raises(ValueError, match=r"seed: 0 → 3"):
+        run_stage(spec, toy_data(24, 0), validation, out / "stage1", model_config=TINY_MODEL, seed=3)
+    assert (out / "stage1" / "stage_config.json").read_text() == recorded
+
+
+def test_a_stage_folder_without_a_settings_record_is_not_reused(three_stages, tmp_path):
+    import shutil
+
+    out, _ = three_stages
+    legacy = tmp_path / "stage1"
+    shutil.copytree(out / "stage1", legacy)
+    (legacy / "stage_config.json").unlink()
+    with pytest.raises(ValueError, match="without a record"):
+        run_stage(StageSpec("stage1", "all", "random", 8, 32, _loop(4)), toy_data(24, 0),
+                  toy_data(12, 2, feh_range=(-1.0, 0.4)), legacy, model_config=TINY_MODEL)
 
 
 def test_stage_spec_errors():

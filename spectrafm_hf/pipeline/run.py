@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..output_guard import open_work_folder
 from .config import load_config
 from .timing import Timer
 
@@ -33,8 +34,8 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
         raise ValueError(f"stop_after must be stage1, stage2 or stage3, got {stop_after!r}")
     config = load_config(args.config, seed=getattr(args, "seed", None),
                          stage3_trainer=getattr(args, "stage3_trainer", None) or None)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    open_work_folder(args.out, kind="run")  # never a folder that spectrafm did not write
+    out = Path(args.out)  # as given: paths in cards and metrics stay relative
     if config.torch_threads:
         import torch
 

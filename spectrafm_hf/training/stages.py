@@ -52,6 +52,8 @@ WINDOWS: dict[str, slice] = {
 }
 
 COMPLETE_MARKER = "stage_complete.json"
+#: What a stage was trained from (settings, seed, starting weights, data hashes), written before training.
+STAGE_CONFIG = "stage_config.json"
 
 
 @dataclass
@@ -226,6 +228,15 @@ def sync_label_statistics(config, feature_extractor) -> None:
         config.named_token_statistics = {k: [float(v[0]), float(v[1])] for k, v in stats.items() if k in config.named_tokens}
 
 
+def record_training_window(feature_extractor, data: WindowData) -> None:
+    """Set ``feature_extractor.training_window_A`` to [min, max] Å of ``data``'s wavelengths: the window
+    this stage trains on, which inference reads by default (a fine-tuned model reads every pixel it is
+    given). Metadata only: nothing in training or evaluation reads it."""
+    if data.wavelength is not None:
+        wavelength = np.asarray(data.wavelength, np.float64)
+        feature_extractor.training_window_A = [float(wavelength.min()), float(wavelength.max())]
+
+
 def save_stage_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) -> Path:
     """:func:`~spectrafm_hf.checkpoints.save_checkpoint`, with a ``hub.cards.CardInfo`` card rendered first.
 
@@ -249,8 +260,11 @@ def predict(model, feature_extractor, data: WindowData, labels: Sequence[str] = 
     """
     from ..predict import predict_labels
 
+    # pixels="all": ``data`` is already cut to the window wanted (the zero-shot rows read a window the
+    # model was not last trained on)
     result = predict_labels(model, feature_extractor, data.wavelength, data.flux, mask=data.mask,
-                            request=list(labels), batch_size=batch_size, context=context, progress=progress)
+                            request=list(labels), batch_size=batch_size, context=context, progress=progress,
+                            pixels="all")
     return {label: (np.asarray(result[label][0], np.float64), np.asarray(result[label][1], np.float64)) for label in labels}
 
 
@@ -301,8 +315,88 @@ def apply_freezing(model, spec: StageSpec) -> None:
         model.freeze_encoder_blocks(spec.freeze_encoder_blocks)
 
 
-def finished_stage(spec: StageSpec, out_dir: Path) -> StageResult | None:
-    """The result of a stage already completed in ``out_dir`` (it has ``stage_complete.json``), else None."""
+def stage_provenance(spec: StageSpec, train_data: WindowData, validation: WindowData, seed: int,
+                     init: str | Path | None = None, model_config: Mapping | None = None,
+                     rehearsal: WindowData | None = None, trainer: str = "accelerate") -> dict:
+    """Everything a stage's result depends on, as JSON-able values (recorded in ``stage_config.json``).
+
+    The recipe, the seed, the fresh model's config or the exact weights it starts from, and hashes of
+    its training, validation and rehearsal stars. Two calls with equal provenance train the same model.
+    """
+    return json.loads(json.dumps({
+        "trainer": trainer,
+        "spec": asdict(spec),
+        "seed": int(seed),
+        "model_config": dict(model_config) if init is None and model_config is not None else None,
+        "init_weights": _weights_digest(Path(init)) if init is not None else None,
+        "data": {"train": train_data.fingerprint(), "validation": validation.fingerprint(),
+                 "rehearsal": rehearsal.fingerprint() if rehearsal is not None else None},
+    }, default=str))
+
+
+def _weights_digest(folder: Path) -> str:
+    import hashlib
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no model.safetensors to start this stage from; train that stage first")
+    digest = hashlib.blake2b(digest_size=12)
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """``key: old → new`` for every leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
+
+
+def check_stage_reuse(out_dir: Path, provenance: Mapping | None) -> None:
+    """Refuse to reuse or resume a stage folder made with anything other than ``provenance``.
+
+    A finished stage (``stage_complete.json``) is reused and an interrupted one (``state/``) resumed
+    only if its recorded ``stage_config.json`` equals ``provenance``; otherwise the error names every
+    differing setting. A folder from before this record existed cannot be checked and is refused.
+    """
+    if provenance is None:
+        return
+    out_dir = Path(out_dir)
+    recorded = out_dir / STAGE_CONFIG
+    has_work = any((out_dir / name).exists() for name in (COMPLETE_MARKER, "state", "trainer"))
+    if recorded.exists():
+        differences = _differences(json.loads(recorded.read_text(encoding="utf-8")), dict(provenance))
+        if differences:
+            shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+            raise ValueError(f"{out_dir} was trained with other settings or data than this run ({shown}); "
+                             "use a new --out folder (nothing was changed)")
+    elif has_work:
+        raise ValueError(f"{out_dir} holds a stage trained without a record of its settings ({STAGE_CONFIG}); "
+                         "it cannot be reused safely: use a new --out folder")
+
+
+def record_stage_provenance(out_dir: Path, provenance: Mapping | None) -> None:
+    """Write ``stage_config.json`` before training starts (main process)."""
+    if provenance is None or not _is_main_process():
+        return
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / STAGE_CONFIG).exists():
+        (out_dir / STAGE_CONFIG).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def finished_stage(spec: StageSpec, out_dir: Path, provenance: Mapping | None = None) -> StageResult | None:
+    """The result of a stage already completed in ``out_dir`` (it has ``stage_complete.json``), else None.
+
+    With ``provenance`` (:func:`stage_provenance`), a folder made with other settings or data is an
+    error (:func:`check_stage_reuse`), never silently reused.
+    """
+    check_stage_reuse(Path(out_dir), provenance)
     marker = Path(out_dir) / COMPLETE_MARKER
     if not marker.exists():
         return None
@@ -330,7 +424,8 @@ def run_stage(
         train_data, validation: arrays already cut to ``spec.window`` (and, for stage 3, to the
             100 iron-rich stars / iron-rich validation stars).
         out_dir: stage folder; ``AutoModel.from_pretrained(out_dir)`` loads the best checkpoint.
-            A folder with ``stage_complete.json`` is reused as is (the run is skipped).
+            A folder with ``stage_complete.json`` is reused as is (the run is skipped), and one with
+            ``state/`` resumed, only if its ``stage_config.json`` records the same settings and data.
         init: previous stage folder to start from, or None for a random initialisation with
             ``model_config`` (the scratch transformer, stage 1).
         rehearsal: synthetic stars (same window) for ``spec.rehearsal``.
@@ -339,9 +434,11 @@ def run_stage(
         seed: data-order / context / initialisation seed.
     """
     out_dir = Path(out_dir)
-    finished = finished_stage(spec, out_dir)
+    provenance = stage_provenance(spec, train_data, validation, seed, init, model_config, rehearsal)
+    finished = finished_stage(spec, out_dir, provenance)
     if finished is not None:
         return finished
+    record_stage_provenance(out_dir, provenance)
     start = time.time()
     torch.manual_seed(seed)  # the random initialisation of fresh models
     if init is None:
@@ -350,6 +447,7 @@ def run_stage(
         model, feature_extractor = new_model(model_config, train_data)
     else:
         model, feature_extractor = load_model(init, device="cpu")  # the Accelerator places it
+    record_training_window(feature_extractor, train_data)
     apply_freezing(model, spec)
 
     def save_best(unwrapped, folder: Path):

@@ -39,8 +39,11 @@ from .stages import (
     finished_stage,
     new_model,
     predict,
+    record_stage_provenance,
+    record_training_window,
     save_stage_checkpoint,
     stage_collator,
+    stage_provenance,
 )
 
 
@@ -164,12 +167,15 @@ def run_stage_with_trainer(
     from transformers import EarlyStoppingCallback
 
     out_dir = Path(out_dir)
-    finished = finished_stage(spec, out_dir)
+    provenance = stage_provenance(spec, train_data, validation, seed, init, model_config, trainer="transformers")
+    finished = finished_stage(spec, out_dir, provenance)
     if finished is not None:
         return finished
+    record_stage_provenance(out_dir, provenance)
     label = _selected_label(spec)
     start = time.time()
     model, feature_extractor = _initial_model(train_data, init, model_config, seed)
+    record_training_window(feature_extractor, train_data)
     apply_freezing(model, spec)
     trainer = _selecting_trainer(
         spec, label, feature_extractor, validation, model=model,
