@@ -28,6 +28,11 @@ from .feature_extraction_spectrafm import REFUSING_FLAGS, PreparedSpectra, Spect
 PIXEL_MODES = ("window", "all")
 
 
+#: Flag of a star the quality checks accepted but whose predicted value or error is not finite
+#: (refused, like the feature extractor's ``REFUSING_FLAGS``).
+NON_FINITE_OUTPUT = "non_finite_output"
+
+
 @dataclass
 class LabelPredictions:
     """Predicted labels of N spectra.
@@ -62,7 +67,8 @@ class LabelPredictions:
     @property
     def refused(self) -> np.ndarray:
         """(N,) bool: stars without a prediction (NaN values, a refusing flag)."""
-        return np.array([bool(REFUSING_FLAGS.intersection(str(f).split(";"))) for f in self.flags], dtype=bool)
+        refusing = REFUSING_FLAGS | {NON_FINITE_OUTPUT}
+        return np.array([bool(refusing.intersection(str(f).split(";"))) for f in self.flags], dtype=bool)
 
     def to_columns(self) -> dict[str, np.ndarray]:
         """Columns ``<LABEL>``, ``<LABEL>_err`` in request order (the CSV layout, before ``flags``)."""
@@ -228,12 +234,23 @@ def _run_model(model, feature_extractor, prepared: PreparedSpectra, request: lis
 
 def _label_predictions(request: list[str], values: np.ndarray, errors: np.ndarray,
                        quality: SpectraQuality) -> LabelPredictions:
-    """(N, Q) physical values and errors + the quality checks → :class:`LabelPredictions`."""
+    """(N, Q) physical values and errors + the quality checks → :class:`LabelPredictions`.
+
+    A star the checks accepted but whose answer is not finite (a damaged checkpoint can do this) is
+    flagged ``non_finite_output`` and refused: NaN values, never a silent NaN row.
+    """
+    flags = np.asarray(quality.flags, dtype=object).copy()
+    answered = ~np.asarray(quality.refused, dtype=bool)
+    broken = answered & ~(np.isfinite(values).all(axis=1) & np.isfinite(errors).all(axis=1))
+    for i in np.flatnonzero(broken):
+        flags[i] = ";".join(f for f in (str(flags[i]), NON_FINITE_OUTPUT) if f)
+    values, errors = values.copy(), errors.copy()
+    values[broken], errors[broken] = np.nan, np.nan
     return LabelPredictions(
         names=request,
         values={name: values[:, i] for i, name in enumerate(request)},
         errors={name: errors[:, i] for i, name in enumerate(request)},
-        flags=np.asarray(quality.flags, dtype=object),
+        flags=flags,
         n_pixels_not_read=np.asarray(quality.n_not_read),
     )
 

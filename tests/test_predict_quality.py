@@ -250,3 +250,20 @@ def test_the_trainer_path_records_its_training_window_too(tmp_path):
                            init=base.model_dir)
     saved = json.loads((tmp_path / "stage3" / "preprocessor_config.json").read_text())
     assert saved["training_window_A"] == pytest.approx([train.wavelength.min(), train.wavelength.max()])
+
+
+def test_a_model_answering_non_finite_values_is_flagged_not_silent(tiny_model, feature_extractor, toy):
+    """A damaged checkpoint whose weights are finite but huge gives inf/NaN outputs: those stars are
+    flagged ``non_finite_output`` and refused, never written as a silent NaN row."""
+    import copy
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for parameter in broken.parameters():
+            parameter.mul_(1e30)
+    result = predict_labels(broken, feature_extractor, toy["wavelength"], toy["flux"][:3], progress=False)
+    assert all("non_finite_output" in flags for flags in result.flags)
+    assert result.refused.all() and np.isnan(result.values["FE_H"]).all()
+    assert "3 non_finite_output" in result.summary()
+    fine = predict_labels(tiny_model, feature_extractor, toy["wavelength"], toy["flux"][:3], progress=False)
+    assert not fine.refused.any() and np.isfinite(fine.values["FE_H"]).all()
