@@ -114,12 +114,14 @@ def main() -> int:
     for context in (512, 2048):
         sdpa, eager = by.get(("inference", context, "sdpa")), by.get(("inference", context, "eager"))
         if sdpa and eager:
-            print(f"SDPA vs eager, inference at context {context}: {eager['seconds_per_batch'] / sdpa['seconds_per_batch']:.2f}x "
+            speedup = eager["seconds_per_batch"] / sdpa["seconds_per_batch"]
+            print(f"SDPA vs eager, inference at context {context}: {speedup:.2f}x "
                   f"faster, peak RSS {sdpa['peak_rss_gb']:.2f} vs {eager['peak_rss_gb']:.2f} GB")
     full = by.get(("inference", 7514, "sdpa"))
     if full:
         verdict = "within" if full["peak_rss_gb"] <= 4.0 else "OVER"
-        print(f"All 7514 pixels in one context at batch {args.batch}: peak RSS {full['peak_rss_gb']:.2f} GB ({verdict} the 4 GB target)")
+        print(f"All 7514 pixels in one context at batch {args.batch}: "
+              f"peak RSS {full['peak_rss_gb']:.2f} GB ({verdict} the 4 GB target)")
     return 0
 
 

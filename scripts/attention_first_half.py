@@ -22,15 +22,18 @@ def main(argv=None) -> None:
     parser.add_argument("--run", required=True, help="pipeline output folder (with stage2/)")
     parser.add_argument("--cache", required=True, help="the run's data.cache_dir")
     parser.add_argument("--n", type=int, default=200, help="test stars to analyse (default 200)")
-    parser.add_argument("--max-teff", type=float, default=None, help="keep only stars with reported Teff below this (K)")
-    parser.add_argument("--observed", default="observed-apogee-n3000-seed1", help="observed dataset folder in the cache")
-    parser.add_argument("--iron-poor", default="observed-apogee-n400-seed2-feh_below-1", help="iron-poor supplement folder")
+    parser.add_argument("--max-teff", type=float, default=None,
+                        help="keep only stars with reported Teff below this (K)")
+    parser.add_argument("--observed", default="observed-apogee-n3000-seed1",
+                        help="observed dataset folder in the cache")
+    parser.add_argument("--iron-poor", default="observed-apogee-n400-seed2-feh_below-1",
+                        help="iron-poor supplement folder")
     args = parser.parse_args(argv)
 
     import datasets
 
-    from spectrafm_hf.training.attention import analyse_model
     from spectrafm_hf.data.arrays import concatenate, subset, window_data
+    from spectrafm_hf.training.attention import analyse_model
     from spectrafm_hf.training.stages import WINDOWS
 
     cache = Path(args.cache)

@@ -28,7 +28,8 @@ import numpy as np
 from spectrafm_hf.data import simulator as sim
 from spectrafm_hf.data.grid import apogee_wavelength, chip_of_pixel
 
-DEFAULT_APSTAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "apStar-dr17-2M19485057+5005279.fits"
+DEFAULT_APSTAR = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+                  / "apStar-dr17-2M19485057+5005279.fits")
 RV_LABELS = {"TEFF": 5226.0, "LOGG": 4.6, "FE_H": -0.22, "MG_FE": 0.0, "O_FE": 0.0}
 DERIV_STEPS = {"TEFF": 50.0, "LOGG": 0.1, "FE_H": 0.05, "MG_FE": 0.05, "O_FE": 0.05}
 

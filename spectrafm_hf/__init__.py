@@ -7,6 +7,7 @@ stage's checkpoint.
 
 __version__ = "0.1.0"
 
+from . import registration as _registration  # noqa: E402,F401  (side effect: Auto class registration)
 from .configuration_spectrafm import SpectraFMConfig  # noqa: E402
 from .feature_extraction_spectrafm import SpectraFMFeatureExtractor, SpectraFMTokenizer  # noqa: E402
 from .modeling_spectrafm import (  # noqa: E402
@@ -15,7 +16,6 @@ from .modeling_spectrafm import (  # noqa: E402
     SpectraFMOutput,
     SpectraFMPreTrainedModel,
 )
-from . import registration as _registration  # noqa: E402,F401  (side effect: Auto class registration)
 
 __all__ = [
     "SpectraFMConfig",

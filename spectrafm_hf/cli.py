@@ -17,7 +17,8 @@ _COMMANDS = {
     "build-apogee": ("spectrafm_hf.data.apogee", "run_build_apogee", "build a dataset from APOGEE DR17 files"),
     "pipeline": ("spectrafm_hf.pipeline", "run_pipeline", "run the three-stage pipeline, baselines and report"),
     "publish": ("spectrafm_hf.hub.publish", "run_publish", "upload a stage checkpoint to the Hugging Face Hub"),
-    "convert-original": ("spectrafm_hf.convert_original", "run_convert_original", "convert an original SpectraFM checkpoint"),
+    "convert-original": ("spectrafm_hf.convert_original", "run_convert_original",
+                         "convert an original SpectraFM checkpoint"),
 }
 
 
@@ -45,7 +46,8 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--prior", choices=["apogee", "wide"], default=None,
                        help="label prior (default: wide for synthetic, apogee for observed)")
         p.add_argument("--overwrite", action="store_true")
-        p.add_argument("--batch-size", type=int, default=256, help="stars simulated at once (results do not depend on it)")
+        p.add_argument("--batch-size", type=int, default=256,
+                       help="stars simulated at once (results do not depend on it)")
         p.add_argument("--snr-min", type=float, default=None, help="observed universe: lowest SNR (log-uniform draw)")
         p.add_argument("--snr-max", type=float, default=None, help="observed universe: highest SNR")
         p.add_argument("--gap-off", action="append", default=[], metavar="SWITCH",

@@ -625,9 +625,13 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         out = {}
         for name, values in (scalars or {}).items():
             median, std = self.statistics(name)
-            values = np.broadcast_to(_numpy(values, np.float64), (n,)) if np.ndim(values) == 0 else _numpy(values, np.float64)
+            values = _numpy(values, np.float64)
+            if values.ndim == 0:
+                values = np.broadcast_to(values, (n,))
             if values.shape != (n,):
-                raise ValueError(f"named input {name!r} has shape {values.shape}; expected ({n},), one value per spectrum")
+                raise ValueError(
+                    f"named input {name!r} has shape {values.shape}; expected ({n},), one value per spectrum"
+                )
             z = (values - median) / std
             with np.errstate(invalid="ignore"):
                 z = np.where(np.abs(z) <= self.outlier_threshold, z, np.nan)
@@ -810,7 +814,9 @@ class SpectraFMFeatureExtractor(SequenceFeatureExtractor):
         if names is not None:
             missing = [k for k in names if k not in labels]
             if missing:
-                raise ValueError(f"labels missing for requested {missing}; pass them in labels= or drop them from request=")
+                raise ValueError(
+                    f"labels missing for requested {missing}; pass them in labels= or drop them from request="
+                )
         return target, target_err
 
     # ---- predictions back to physical units -------------------------------------------------

@@ -457,7 +457,9 @@ class SpectraFMModel(SpectraFMPreTrainedModel):
         names = [str(n) for n in names]
         clash = [n for n in names if n in self.config.named_tokens]
         if clash or len(set(names)) != len(names):
-            raise ValueError(f"named tokens {clash or names} already exist or repeat; existing: {self.config.named_tokens}")
+            raise ValueError(
+                f"named tokens {clash or names} already exist or repeat; existing: {self.config.named_tokens}"
+            )
         statistics = dict(statistics or {})
         unknown = set(statistics) - set(names)
         if unknown:

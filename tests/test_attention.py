@@ -79,5 +79,6 @@ def test_line_list_is_the_simulators_read_from_inside_the_package():
     assert np.array_equal(lines.wavelength, expected.wavelength) and np.array_equal(lines.species, expected.species)
     package = Path(spectrafm_hf.__file__).resolve().parent
     assert sim.LINELIST_FILE.resolve().is_relative_to(package)
-    stray = [name for name, value in vars(at).items() if isinstance(value, Path) and not value.resolve().is_relative_to(package)]
+    stray = [name for name, value in vars(at).items()
+             if isinstance(value, Path) and not value.resolve().is_relative_to(package)]
     assert not stray, stray

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import toy_spectra
 
 from spectrafm_hf import SpectraFMFeatureExtractor
 from spectrafm_hf.data.schema import dataset_in_memory, write_dataset
 from spectrafm_hf.data.standardisation import fit_feature_extractor_from_dataset
-
-from conftest import toy_spectra
 
 
 @pytest.fixture
@@ -71,7 +70,8 @@ def test_given_wavelength_and_labels_take_precedence_over_the_dataset(spectra):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda ds: {"validation": ds}, r"DatasetDict with a 'train' split, got a DatasetDict with splits \['validation'\]"),
+    (lambda ds: {"validation": ds},
+     r"DatasetDict with a 'train' split, got a DatasetDict with splits \['validation'\]"),
     (lambda ds: np.zeros((3, 160)), "got ndarray; .*feature_extractor.fit\\(wavelength=..., flux=...\\)"),
 ])
 def test_anything_but_a_dataset_or_a_train_split_is_refused_with_the_fix(spectra, bad, message):

@@ -36,7 +36,6 @@ import gzip
 import json
 import shutil
 import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -338,7 +337,8 @@ def test_random_corruptions_are_refused_or_harmless(kind, material, tmp_path, ca
             continue
         err = capsys.readouterr().err
         problem = _judge(rc, err, harmless, damaged if kind != "weights" else model, out,
-                         reads=lambda: load_model(model, device="cpu") if kind == "weights" else read_spectra(damaged))
+                         reads=lambda damaged=damaged: (load_model(model, device="cpu") if kind == "weights"
+                                                        else read_spectra(damaged)))
         if problem:
             failures.append(f"case {case} ({what}): {problem}")
     assert not failures, f"{len(failures)} of {N_CASES[kind]} {kind} cases failed:\n" + "\n".join(failures[:25])

@@ -253,7 +253,8 @@ model.set_attn_implementation(attention)
 ids = torch.ones(B, L, dtype=torch.long)
 mask = torch.ones(B, L, dtype=torch.long)
 mask[:, 1700:] = 0  # padding: the attention gets a mask
-inputs = dict(input_ids=ids, input_values=torch.randn(B, L), input_wavelength=torch.linspace(15100, 16900, L).expand(B, L),
+inputs = dict(input_ids=ids, input_values=torch.randn(B, L),
+              input_wavelength=torch.linspace(15100, 16900, L).expand(B, L),
               attention_mask=mask, query_ids=torch.full((B, 2), 4))
 with open("/proc/self/clear_refs", "w") as handle:
     handle.write("5")  # reset the peak RSS (VmHWM) to the current RSS
@@ -274,7 +275,8 @@ def _peak_growth_mb(attention: str, batch: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"),
+                    reason="needs Linux /proc peak-RSS reset")
 def test_sdpa_with_a_padding_mask_never_materialises_the_attention_matrix():
     """One B×H×L×L float32 matrix at B = 4 would be 4 × 16 × 2001² × 4 B = 1 GB; SDPA's peak growth must
     stay far below. Control: eager attention at B = 1 (0.26 GB per matrix) is seen by the same probe."""

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_remote_code import make_inputs, make_tiny_checkpoint, predict_here, run_child
 
 from spectrafm_hf.hub.cache import lay_into_hf_cache, repo_cache_dir
-from test_remote_code import make_inputs, make_tiny_checkpoint, predict_here, run_child
 
 REPO_ID = "org/spectrafm-tiny"
 

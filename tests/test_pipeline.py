@@ -120,7 +120,8 @@ def test_trainer_path_with_rehearsal_is_refused_before_any_training(tmp_path):
     path = tmp_path / "tiny_rehearsal.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="rehearsal"):
-        run_pipeline(SimpleNamespace(config=str(path), out=str(tmp_path / "run"), seed=None, stage3_trainer="transformers"))
+        run_pipeline(SimpleNamespace(config=str(path), out=str(tmp_path / "run"), seed=None,
+                                     stage3_trainer="transformers"))
     assert not (tmp_path / "run" / "stage1").exists()
 
 
@@ -151,7 +152,8 @@ def test_cached_datasets_with_other_split_assignments_are_rebuilt(tmp_path):
     folder = tmp_path / "synthetic-apogee-n12-seed3"
     first = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"train": 0.5, "validation": 0.25, "test": 0.25})
     stamp = (folder / "dataset_dict.json").stat().st_mtime_ns
-    reordered = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"test": 0.25, "train": 0.5, "validation": 0.25})
+    reordered = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee",
+                                {"test": 0.25, "train": 0.5, "validation": 0.25})
     assert (folder / "dataset_dict.json").stat().st_mtime_ns == stamp
     assert all(reordered[k]["id"] == first[k]["id"] for k in first)
     other = _cached_dataset(tmp_path, "synthetic", 12, 3, "apogee", {"train": 0.75, "validation": 0.25})

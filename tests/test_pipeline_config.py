@@ -32,7 +32,8 @@ def test_every_shipped_config_loads(name):
     raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())  # the file's values, not defaults
     assert config.model == raw["model"] and config.data.observed.n == raw["data"]["observed"]["n"]
     assert config.stage1.loop.max_steps == raw["stage1"]["max_steps"]
-    assert config.stage3.n_stars == raw["stage3"]["n_stars"] and config.stage3.spec.batch_size == raw["stage3"]["batch_size"]
+    assert config.stage3.n_stars == raw["stage3"]["n_stars"]
+    assert config.stage3.spec.batch_size == raw["stage3"]["batch_size"]
     assert list(config.baselines.mlp.hidden) == raw["baselines"]["mlp"]["hidden"]
     assert list(config.baselines.cannon.labels) == raw["baselines"]["cannon"]["labels"]
     assert config.baselines.scratch_transformer.loop.max_steps == raw["baselines"]["scratch_transformer"]["max_steps"]

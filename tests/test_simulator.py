@@ -136,9 +136,10 @@ def _one_line_opacity(is_gauss, eta0, width, damping, dv0=0.3, core=12, wing=0, 
     table = physics._voigt_table()
     as_arr = lambda x, dt=np.float64: np.array([x], dtype=dt)  # noqa: E731
     total = np.zeros((1, n_fine))
-    accumulate_line_opacity(total, np.array([[eta0]]), np.array([[width]]), np.array([[damping]]), as_arr(100, np.int64),
-                            as_arr(dv0), as_arr(seg[0], np.int64), as_arr(seg[1], np.int64), as_arr(core, np.int64),
-                            as_arr(wing, np.int64), as_arr(is_gauss, np.bool_), sim.FINE_DV_KMS, physics._voigt_corners(),
+    accumulate_line_opacity(total, np.array([[eta0]]), np.array([[width]]), np.array([[damping]]),
+                            as_arr(100, np.int64), as_arr(dv0), as_arr(seg[0], np.int64), as_arr(seg[1], np.int64),
+                            as_arr(core, np.int64), as_arr(wing, np.int64), as_arr(is_gauss, np.bool_),
+                            sim.FINE_DV_KMS, physics._voigt_corners(),
                             table.shape[0], table.shape[1], physics._VOIGT_LOGA[0], physics._VOIGT_LOGA[2],
                             physics._VOIGT_V_STEP, physics._VOIGT_V_MAX)
     dv = 0.3 + (np.arange(n_fine) - 100) * sim.FINE_DV_KMS
@@ -167,7 +168,8 @@ def test_compiled_opacity_matches_the_profiles():
 
 
 def test_chunked_batches_give_identical_spectra(monkeypatch):
-    labels = star([4000.0, 5200.0, 4600.0, 3900.0, 6100.0], [1.5, 4.5, 2.5, 1.0, 4.2], fe_h=[0.0, -0.3, -1.2, 0.2, -2.0])
+    labels = star([4000.0, 5200.0, 4600.0, 3900.0, 6100.0], [1.5, 4.5, 2.5, 1.0, 4.2],
+                  fe_h=[0.0, -0.3, -1.2, 0.2, -2.0])
     whole = sim.simulate(labels, "observed", seed=3)
     monkeypatch.setattr(synthesis, "_SUB_BATCH", 2)  # 5 stars → chunks of 2, 2, 1
     chunked = sim.simulate(labels, "observed", seed=3)

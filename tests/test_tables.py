@@ -1,6 +1,5 @@
 """Generic tables of spectra (npz, Parquet, FITS table) → SpectraInput and the dataset schema."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import toy_spectra
 from datasets import Dataset
 from transformers import AutoFeatureExtractor, AutoModel, Trainer, TrainingArguments
 
 from spectrafm_hf import SpectraFMConfig, SpectraFMModel
 from spectrafm_hf.data.collator import SpectraFMCollator
-
-from conftest import toy_spectra
 
 
 def _dataset(n: int, seed: int) -> Dataset:

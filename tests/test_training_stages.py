@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from _training_toys import TINY_MODEL, cut, toy_data
+
 from spectrafm_hf.checkpoints import load_model
 from spectrafm_hf.training.loop import LoopConfig
 from spectrafm_hf.training.stages import WINDOWS, StageSpec, predict, run_stage

@@ -1,4 +1,4 @@
-"""SpectraFM stage 3: fine-tune on 100 iron-rich observed stars, pixels 4107–4618, FE_H (runs stages 1–2 first if needed).
+"""SpectraFM stage 3: fine-tune on 100 iron-rich observed stars, pixels 4107–4618, FE_H (runs stages 1–2 if needed).
 
 Thin entry point for ``accelerate launch`` (see training/README.md); the work is done by
 ``spectrafm_hf.pipeline.run_pipeline(..., stop_after="stage3")``, which reuses finished stages and

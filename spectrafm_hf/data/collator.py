@@ -254,7 +254,8 @@ class SpectraFMCollator:
         if keep.size < len(flux):
             if keep.size == 0:
                 raise ValueError("no star in this batch has a valid pixel inside the pixel window")
-            warnings.warn(f"dropped {len(flux) - keep.size} star(s) with no valid pixel in the window from a batch")
+            warnings.warn(f"dropped {len(flux) - keep.size} star(s) with no valid pixel in the window from a batch",
+                          stacklevel=2)
             flux, mask = flux[keep], mask[keep]
             labels = {k: v[keep] for k, v in labels.items()}
             errors = {k: v[keep] for k, v in errors.items()}

@@ -71,6 +71,10 @@ class ContinuumConfig:
             raise ValueError(f"min_fraction must be in (0, 1], got {self.min_fraction}")
 
 
+# The default settings, shared as one instance (the config is frozen, so sharing it is safe).
+DEFAULT_CONTINUUM = ContinuumConfig()
+
+
 def robust_noise(flux: np.ndarray) -> float:
     """Noise σ of a spectrum segment from adjacent-pixel differences (robust to lines), flux units."""
     flux = np.asarray(flux, dtype=np.float64)
@@ -130,7 +134,7 @@ def fit_continuum(
     flux_err: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     chips: np.ndarray | None = None,
-    config: ContinuumConfig = ContinuumConfig(),
+    config: ContinuumConfig = DEFAULT_CONTINUUM,
 ) -> np.ndarray:
     """Pseudo-continuum of one spectrum, shape (P,), in the units of ``flux``.
 
@@ -175,7 +179,7 @@ def normalise(
     flux_err: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     chips: np.ndarray | None = None,
-    config: ContinuumConfig = ContinuumConfig(),
+    config: ContinuumConfig = DEFAULT_CONTINUUM,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Continuum-normalise one spectrum (P,) or a stack (N, P).
 

@@ -251,7 +251,6 @@ def dataset_in_memory(
                   for b in make_batches()]
         if tables:
             import pyarrow as pa
-
             from datasets.table import table_cast
 
             table = table_cast(pa.concat_tables(tables), features.arrow_schema)

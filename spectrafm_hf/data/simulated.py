@@ -18,8 +18,8 @@ from typing import Mapping
 import numpy as np
 
 from . import simulator as sim
-from .prior import sample_labels  # noqa: F401  (re-exported for callers)
 from .labels import LABELS
+from .prior import sample_labels  # noqa: F401  (re-exported for callers)
 from .schema import split_indices, write_dataset
 
 NUISANCE_COLUMNS = sim.NUISANCE_LABELS
@@ -178,8 +178,10 @@ def build_simulated_dataset(
     metadata = {
         "source": "simulator", "universe": universe, "seed": int(seed), "prior": prior, "n": int(n),
         "gap_config": cfg.to_dict(), "simulator_version": sim.SIMULATOR_VERSION,
-        "resolving_power": float(resolving_power), "splits": {k: float(v) for k, v in (splits or DEFAULT_SPLITS).items()},
-        "note": "one-layer physical simulator (spectrafm_hf.data.simulator): realistic relative behaviour, not for abundance work",
+        "resolving_power": float(resolving_power),
+        "splits": {k: float(v) for k, v in (splits or DEFAULT_SPLITS).items()},
+        "note": ("one-layer physical simulator (spectrafm_hf.data.simulator): realistic relative behaviour, "
+                 "not for abundance work"),
     }
     try:
         dataset = write_dataset(out_dir, {name: make_batches(rows) for name, rows in parts.items()},

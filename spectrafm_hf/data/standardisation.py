@@ -66,7 +66,8 @@ def _training_split(dataset):
         return dataset  # a Dataset (a DatasetDict's column_names is a dict of splits)
     if hasattr(dataset, "keys") and "train" in dataset.keys():
         return dataset["train"]
-    found = f"a DatasetDict with splits {sorted(dataset.keys())}" if hasattr(dataset, "keys") else type(dataset).__name__
+    found = (f"a DatasetDict with splits {sorted(dataset.keys())}" if hasattr(dataset, "keys")
+             else type(dataset).__name__)
     raise ValueError(
         f"fit_feature_extractor_from_dataset needs a datasets.Dataset or a DatasetDict with a 'train' split, "
         f"got {found}; pass the split to fit on (e.g. dataset['validation']), or call "

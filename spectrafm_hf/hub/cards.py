@@ -184,6 +184,32 @@ def _finite_number(value: Any, where: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _load_metrics(metrics: Mapping[str, Any] | str | Path | None) -> Mapping[str, Any] | None:
+    """A ``metrics.json`` as a mapping keyed by stage; None when there is none (no path, missing file)."""
+    if metrics is None:
+        return None
+    if isinstance(metrics, (str, Path)):
+        path = Path(metrics)
+        if not path.is_file():
+            return None
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics.json must hold a JSON object keyed by stage, got {type(metrics).__name__}")
+    return metrics
+
+
+def _measured_values(per_metric: Any, stage: str, label: str) -> dict[str, float]:
+    """One label's ``{metric: value}`` with the unmeasured values (null, NaN, inf) dropped."""
+    if not isinstance(per_metric, Mapping):
+        raise ValueError(f"metrics[{stage!r}][{label!r}] must map metric → value, got {per_metric!r}")
+    kept = {}
+    for name, value in per_metric.items():
+        number = _finite_number(value, f"[{stage!r}][{label!r}][{name!r}]")
+        if number is not None:
+            kept[str(name)] = number
+    return kept
+
+
 def stage_metrics(metrics: Mapping[str, Any] | str | Path | None, stage: str
                   ) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
     """Pick one stage's measured metrics out of a ``metrics.json`` (path or already-loaded dict).
@@ -191,15 +217,9 @@ def stage_metrics(metrics: Mapping[str, Any] | str | Path | None, stage: str
     Returns ``({label: {metric: value}}, eval_info)``; unmeasured values (null, NaN, inf) are dropped,
     and labels left with no metric are dropped too. A missing file/stage gives ``({}, None)``.
     """
+    metrics = _load_metrics(metrics)
     if metrics is None:
         return {}, None
-    if isinstance(metrics, (str, Path)):
-        path = Path(metrics)
-        if not path.is_file():
-            return {}, None
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(metrics, Mapping):
-        raise ValueError(f"metrics.json must hold a JSON object keyed by stage, got {type(metrics).__name__}")
     entry = metrics.get(stage)
     if entry is None:
         return {}, None
@@ -212,13 +232,7 @@ def stage_metrics(metrics: Mapping[str, Any] | str | Path | None, stage: str
     for label, per_metric in entry.items():
         if label == "_eval":
             continue
-        if not isinstance(per_metric, Mapping):
-            raise ValueError(f"metrics[{stage!r}][{label!r}] must map metric → value, got {per_metric!r}")
-        kept = {}
-        for name, value in per_metric.items():
-            number = _finite_number(value, f"[{stage!r}][{label!r}][{name!r}]")
-            if number is not None:
-                kept[str(name)] = number
+        kept = _measured_values(per_metric, stage, label)
         if kept:
             out[str(label)] = kept
     return out, dict(eval_info) if eval_info is not None else None

@@ -167,7 +167,9 @@ def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: st
         pool = sample_labels(max(1000, 100 * n), seed=seed, prior=prior)
         keep = np.flatnonzero(np.asarray(pool["FE_H"]) < feh_below)
         if len(keep) < n:
-            raise ValueError(f"the {prior!r} prior gave only {len(keep)} stars below [Fe/H] {feh_below}; lower n_iron_poor")
+            raise ValueError(
+                f"the {prior!r} prior gave only {len(keep)} stars below [Fe/H] {feh_below}; lower n_iron_poor"
+            )
         labels = {k: np.asarray(v)[keep[:n]] for k, v in pool.items()}
     return build_simulated_dataset(folder, universe, n, seed, prior=prior, splits=dict(splits), labels=labels,
                                    progress=True, overwrite=True)

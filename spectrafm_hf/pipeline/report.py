@@ -73,8 +73,8 @@ def build_metrics(config: PipelineConfig, models: Mapping, test_set: Mapping, at
     if "stage2" in models:
         metrics["stage2"] = card_entry(models["stage2"]["labels"], eval_info)
     if "stage1_zero_shot" in models:
-        metrics["stage1"] = card_entry(models["stage1_zero_shot"]["labels"],
-                                       {**eval_info, "dataset_name": "simulated observed test set, Fe window, zero-shot"})
+        zero_shot_info = {**eval_info, "dataset_name": "simulated observed test set, Fe window, zero-shot"}
+        metrics["stage1"] = card_entry(models["stage1_zero_shot"]["labels"], zero_shot_info)
     metrics["models"] = dict(models)
     metrics["test_set"] = dict(test_set)
     if attention.fe_window:
@@ -100,11 +100,13 @@ def acceptance_checks(models: Mapping, attention: Mapping | None = None) -> dict
         ratio = s3["feh_lt_-1"]["rmse"] / mlp["feh_lt_-1"]["rmse"]
         checks["iron-poor RMSE stage3 / scratch MLP"] = {"value": ratio, "target": "≤ 0.5", "pass": bool(ratio <= 0.5)}
         bias_ratio = abs(s3["feh_lt_-1"]["bias"]) / abs(mlp["feh_lt_-1"]["bias"])
-        checks["iron-poor |bias| stage3 / scratch MLP"] = {"value": bias_ratio, "target": "≤ 0.5", "pass": bool(bias_ratio <= 0.5)}
+        checks["iron-poor |bias| stage3 / scratch MLP"] = {"value": bias_ratio, "target": "≤ 0.5",
+                                                            "pass": bool(bias_ratio <= 0.5)}
         baselines = [n for n in ("scratch_mlp", "scratch_transformer", "ridge", "cannon") if n in models]
         best = min(bins(n)["feh_ge_-1"]["rmse"] for n in baselines)
         rich_ratio = s3["feh_ge_-1"]["rmse"] / best
-        checks["iron-rich RMSE stage3 / best baseline"] = {"value": rich_ratio, "target": "≤ 1.3", "pass": bool(rich_ratio <= 1.3)}
+        checks["iron-rich RMSE stage3 / best baseline"] = {"value": rich_ratio, "target": "≤ 1.3",
+                                                            "pass": bool(rich_ratio <= 1.3)}
     if "stage3" in models:
         cal = models["stage3"]["labels"]["FE_H"]["calibration"].get("after", {}).get("all", {})
         coverage = cal.get("coverage_68", float("nan"))

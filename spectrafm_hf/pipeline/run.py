@@ -26,8 +26,14 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
     """
     from .data import load_data
     from .evaluate import AttentionAnalyses, analyse_attention, evaluate_models
-    from .report import (build_metrics, describe_models, save_predictions_and_figures, stage_cards,
-                         test_set_summary, write_outputs)
+    from .report import (
+        build_metrics,
+        describe_models,
+        save_predictions_and_figures,
+        stage_cards,
+        test_set_summary,
+        write_outputs,
+    )
     from .train import fit_baselines, train_scratch_transformer, train_stages
 
     if stop_after not in (None, *STOP_AFTER):

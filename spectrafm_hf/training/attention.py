@@ -61,7 +61,8 @@ def core_mask(wavelength: np.ndarray, lines: np.ndarray, core_half_width_A: floa
     if lines.size == 0:
         return np.zeros(wavelength.shape, bool)
     index = np.clip(np.searchsorted(lines, wavelength), 1, len(lines)) - 1
-    nearest = np.minimum(np.abs(wavelength - lines[index]), np.abs(wavelength - lines[np.minimum(index + 1, len(lines) - 1)]))
+    next_line = lines[np.minimum(index + 1, len(lines) - 1)]
+    nearest = np.minimum(np.abs(wavelength - lines[index]), np.abs(wavelength - next_line))
     return nearest <= core_half_width_A
 
 
@@ -153,7 +154,8 @@ def analyse_profiles(
             "line_wavelengths": lines.tolist(),
             "core_fraction": float(cores.mean()),
             "enrichment": enrichment(profile, cores),
-            "enrichment_control": shuffled_control(profile, wavelength, line_list, species, core_half_width_A, n_shuffles, seed),
+            "enrichment_control": shuffled_control(profile, wavelength, line_list, species, core_half_width_A,
+                                                   n_shuffles, seed),
             "wavelength": wavelength.tolist(),
             "weight": np.nan_to_num(np.asarray(profile, np.float64)).tolist(),
         }

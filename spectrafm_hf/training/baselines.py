@@ -305,7 +305,8 @@ def fit_cannon(
         )
     flux, ivar = _cannon_inputs(train)
     wavelength = (
-        np.asarray(train.wavelength, np.float64) if train.wavelength is not None else np.arange(flux.shape[1], dtype=float)
+        np.asarray(train.wavelength, np.float64) if train.wavelength is not None
+        else np.arange(flux.shape[1], dtype=float)
     )
     with _quiet_cannon():
         from TheCannon import dataset, model

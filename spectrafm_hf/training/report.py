@@ -176,7 +176,8 @@ def read_metrics_log(path: Path) -> list[dict]:
     """Records of a loop's ``metrics.jsonl`` (config lines skipped)."""
     if not Path(path).exists():
         return []
-    return [r for r in (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()) if "config" not in r]
+    records = (json.loads(line) for line in Path(path).read_text().splitlines() if line.strip())
+    return [r for r in records if "config" not in r]
 
 
 def plot_training_curves(stage_dirs: Mapping[str, Path], path: Path):
@@ -223,7 +224,8 @@ def plot_calibration(predictions: Mapping[str, Mapping[str, np.ndarray]], scales
         z = z[np.isfinite(z)]
         bins = np.linspace(-5, 5, 41)
         ax.hist(np.clip(z, -5, 5), bins=bins, density=True, histtype="step", label="raw σ")
-        ax.hist(np.clip(z / scales[name], -5, 5), bins=bins, density=True, histtype="step", label=f"σ × {scales[name]:.2f}")
+        ax.hist(np.clip(z / scales[name], -5, 5), bins=bins, density=True, histtype="step",
+                label=f"σ × {scales[name]:.2f}")
         ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", lw=0.8, label="N(0,1)")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("z = (pred − true)/σ")
@@ -253,7 +255,8 @@ def plot_attention(attention: Mapping, path: Path):
         ax.set_ylabel("attention")
         ax.set_title(
             f"{query} query: enrichment on {profile.get('element', '?')} line cores = "
-            f"{profile.get('enrichment', float('nan')):.2f} (shuffled control {profile.get('enrichment_control', float('nan')):.2f})",
+            f"{profile.get('enrichment', float('nan')):.2f} "
+            f"(shuffled control {profile.get('enrichment_control', float('nan')):.2f})",
             fontsize=9,
         )
     axes[-1, 0].set_xlabel("vacuum wavelength (Å)")
@@ -292,7 +295,8 @@ def model_table(models: Mapping, label: str = "FE_H") -> str:
         after = calibration.get("after", {}).get("all", {})
         row = [name] + [_fmt(stats[b]["rmse"]) for b in bins] + [
             _fmt(stats["feh_lt_-1"]["bias"]), _fmt(stats["feh_ge_-1"]["sigma_mad"]), _fmt(before.get("z_std"), 2),
-            f"{_fmt(before.get('coverage_68'), 2)} → {_fmt(after.get('coverage_68'), 2)}", _fmt(after.get("coverage_95"), 2),
+            f"{_fmt(before.get('coverage_68'), 2)} → {_fmt(after.get('coverage_68'), 2)}",
+            _fmt(after.get("coverage_95"), 2),
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -349,21 +353,24 @@ def write_report(out_dir: Path, metrics: Mapping, figures: Mapping[str, Path | N
                   "Attention mass on pixels within that element's line cores divided by the fraction of "
                   "pixels that are such cores (1 = no preference); control: the same with the line list "
                   "of a shuffled element assignment. '–': no line of that element in the window.", "",
-                  "| model | window | stars | query | element | lines | enrichment | shuffled control | core fraction |",
+                  "| model | window | stars | query | element | lines | enrichment | shuffled control "
+                  "| core fraction |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for analysis in analyses:
             for query, profile in analysis.get("profiles", {}).items():
                 parts.append(
-                    f"| {analysis.get('model', '?')} | {analysis.get('window', '?')} | {analysis.get('n_stars', '?')} | "
-                    f"{query} | {profile.get('element')} | {profile.get('n_lines')} | {_fmt(profile.get('enrichment'), 2)} | "
-                    f"{_fmt(profile.get('enrichment_control'), 2)} | {_fmt(profile.get('core_fraction'), 3)} |"
+                    f"| {analysis.get('model', '?')} | {analysis.get('window', '?')} "
+                    f"| {analysis.get('n_stars', '?')} | {query} | {profile.get('element')} "
+                    f"| {profile.get('n_lines')} | {_fmt(profile.get('enrichment'), 2)} "
+                    f"| {_fmt(profile.get('enrichment_control'), 2)} | {_fmt(profile.get('core_fraction'), 3)} |"
                 )
         parts.append("")
     acceptance = metrics.get("acceptance")
     if acceptance:
         parts += ["## Acceptance checks (issue 5)", "", "| check | value | target | pass |", "|---|---|---|---|"]
         for name, check in acceptance.items():
-            parts.append(f"| {name} | {_fmt(check.get('value'))} | {check.get('target')} | {'yes' if check.get('pass') else 'NO'} |")
+            verdict = "yes" if check.get("pass") else "NO"
+            parts.append(f"| {name} | {_fmt(check.get('value'))} | {check.get('target')} | {verdict} |")
         parts.append("")
     timings = metrics.get("timings_s", {})
     if timings:

@@ -225,7 +225,8 @@ def sync_label_statistics(config, feature_extractor) -> None:
     """Copy the feature extractor's label statistics into the config (the model card reads them)."""
     stats = getattr(feature_extractor, "named_token_statistics", None)
     if stats:
-        config.named_token_statistics = {k: [float(v[0]), float(v[1])] for k, v in stats.items() if k in config.named_tokens}
+        config.named_token_statistics = {k: [float(v[0]), float(v[1])] for k, v in stats.items()
+                                         if k in config.named_tokens}
 
 
 def record_training_window(feature_extractor, data: WindowData) -> None:
@@ -265,7 +266,8 @@ def predict(model, feature_extractor, data: WindowData, labels: Sequence[str] = 
     result = predict_labels(model, feature_extractor, data.wavelength, data.flux, mask=data.mask,
                             request=list(labels), batch_size=batch_size, context=context, progress=progress,
                             pixels="all")
-    return {label: (np.asarray(result[label][0], np.float64), np.asarray(result[label][1], np.float64)) for label in labels}
+    return {label: (np.asarray(result[label][0], np.float64), np.asarray(result[label][1], np.float64))
+            for label in labels}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...output_guard import check_output_folder
 from .. import grid
-from ..continuum import ContinuumConfig
+from ..continuum import DEFAULT_CONTINUUM, ContinuumConfig
 from ..labels import LABEL_COLUMNS
 from ..schema import split_indices, write_dataset
 from .catalogue import FILE_NAME, float_or_nan, id_from_name, paper_sample_cuts, read_allstar, row_labels
@@ -41,7 +41,7 @@ def build_apogee_dataset(
     kind: str = "aspcap-observed", paper_cuts: bool = False, seed: int = 0,
     splits: Mapping[str, float] = DEFAULT_SPLITS, progress: bool = True, overwrite: bool = False,
     batch_size: int = 64, bad_bits: tuple[int, ...] = DEFAULT_BAD_PIXMASK_BITS,
-    continuum: ContinuumConfig = ContinuumConfig(),
+    continuum: ContinuumConfig = DEFAULT_CONTINUUM,
 ):
     """A folder of aspcapStar or apStar files (+ optional allStar catalogue) → one ``DatasetDict``.
 

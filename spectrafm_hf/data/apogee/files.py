@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import grid
-from ..continuum import ContinuumConfig, normalise
+from ..continuum import DEFAULT_CONTINUUM, ContinuumConfig, normalise
 from ..fits_io import native_byte_order, open_fits
 from .catalogue import float_or_nan, id_from_name, row_labels
 
@@ -129,7 +129,7 @@ def _read_aspcapstar_hdus(path: Path, which: str, flux_hdu: int, label: str):
 def read_apstar(
     path: str | Path,
     bad_bits: tuple[int, ...] = DEFAULT_BAD_PIXMASK_BITS,
-    continuum: ContinuumConfig | None = ContinuumConfig(),
+    continuum: ContinuumConfig | None = DEFAULT_CONTINUUM,
     flux_range: tuple[float, float] | None = PAPER_FLUX_RANGE,
     row: int = 0,
 ) -> dict:

@@ -54,14 +54,40 @@ Modules, in the order the data flows:
 * ``spectra`` — :func:`simulate`, the entry point.
 """
 
-from .constants import (AMU, APOGEE_RESOLVING_POWER, ATOMIC_U_FOR_MOLECULES, C_KMS, C_LIGHT, ELEMENTS, EV,
-                        FINE_DV_KMS, FINE_LOG10_STEP, H_PLANCK, HC_OVER_K, HE_OVER_H, K_B, MOLECULE_OF_SPECIES,
-                        MOLECULES, NUISANCE_LABELS, PI_E2_MC2, SIM_LABELS)
+from .constants import (
+                        AMU,
+                        APOGEE_RESOLVING_POWER,
+                        ATOMIC_U_FOR_MOLECULES,
+                        C_KMS,
+                        C_LIGHT,
+                        ELEMENTS,
+                        EV,
+                        FINE_DV_KMS,
+                        FINE_LOG10_STEP,
+                        H_PLANCK,
+                        HC_OVER_K,
+                        HE_OVER_H,
+                        K_B,
+                        MOLECULE_OF_SPECIES,
+                        MOLECULES,
+                        NUISANCE_LABELS,
+                        PI_E2_MC2,
+                        SIM_LABELS,
+)
 from .instrument import REPORTED_ERRORS
 from .line_model import LineModel, PhysicsTweaks, get_line_model
 from .lines import CONSTANTS_FILE, LINELIST_DIR, LINELIST_FILE, LineList, calibration_constants, load_line_list
-from .physics import (dissociation_constant, hminus_opacity_per_h, layer_pressures, molecular_equilibrium,
-                      molecular_partition_function, partition_function, planck_ratio, saha_ratio, voigt_fast)
+from .physics import (
+                        dissociation_constant,
+                        hminus_opacity_per_h,
+                        layer_pressures,
+                        molecular_equilibrium,
+                        molecular_partition_function,
+                        partition_function,
+                        planck_ratio,
+                        saha_ratio,
+                        voigt_fast,
+)
 from .spectra import simulate
 from .synthesis import broadening_ft, synthesize
 from .universe import OBSERVED_UNIVERSE_SEED, GapConfig, Universe, get_universe, star_rng

@@ -46,7 +46,8 @@ def apply_instrument(flux, model: LineModel, uni: Universe, cfg: GapConfig, draw
         for b, d in enumerate(draws):
             u = d["pers"]
             if u[0] < cfg.persistence_fraction:
-                amp = cfg.persistence_amplitude[0] + (cfg.persistence_amplitude[1] - cfg.persistence_amplitude[0]) * u[1]
+                amp_lo, amp_hi = cfg.persistence_amplitude[0], cfg.persistence_amplitude[1]
+                amp = amp_lo + (amp_hi - amp_lo) * u[1]
                 start = p0 + u[2] * 0.6 * (p1 - p0)
                 stop = start + (0.3 + 0.4 * u[3]) * (p1 - p0)
                 window = 0.5 * (np.tanh((idx - start) / 60.0) - np.tanh((idx - stop) / 60.0))

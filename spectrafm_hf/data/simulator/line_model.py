@@ -16,13 +16,35 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..grid import apogee_wavelength
-from .constants import (AMU, C_KMS, ELEMENTS, FINE_DV_KMS, FINE_LOG10_STEP, HC_OVER_K, HE_OVER_H, K_B,
-                        MOLECULE_OF_SPECIES, NUISANCE_LABELS, PI_E2_MC2, SIM_LABELS)
+from .constants import (
+    AMU,
+    C_KMS,
+    ELEMENTS,
+    FINE_DV_KMS,
+    FINE_LOG10_STEP,
+    HC_OVER_K,
+    HE_OVER_H,
+    K_B,
+    MOLECULE_OF_SPECIES,
+    NUISANCE_LABELS,
+    PI_E2_MC2,
+    SIM_LABELS,
+)
 from .line_opacity import accumulate_line_opacity
 from .lines import LineList, calibration_constants, load_line_list
-from .physics import (_VOIGT_LOGA, _VOIGT_V_MAX, _VOIGT_V_STEP, _voigt_corners, _voigt_table,
-                      hminus_opacity_per_h, layer_pressures, molecular_equilibrium,
-                      molecular_partition_function, partition_function, saha_ratio)
+from .physics import (
+    _VOIGT_LOGA,
+    _VOIGT_V_MAX,
+    _VOIGT_V_STEP,
+    _voigt_corners,
+    _voigt_table,
+    hminus_opacity_per_h,
+    layer_pressures,
+    molecular_equilibrium,
+    molecular_partition_function,
+    partition_function,
+    saha_ratio,
+)
 
 
 # --- stars -------------------------------------------------------------------------------------
@@ -197,7 +219,7 @@ class LineModel:
         t_mol = (tweaks.t_mol if tweaks.t_mol is not None else c["T_mol"]) * teff
         lpe_l, lpg_l = log_pe + c["dlogpe_line"], log_pg + c["dlogpg_line"]
         lpe_m, lpg_m = log_pe + c["dlogpe_mol"], log_pg + c["dlogpg_mol"]
-        B, n = len(teff), len(self.lines)
+        B = len(teff)
         is_mol = self.is_mol[None, :]
         # per-species "number fraction relative to H" and partition function, (B, n_species)
         log_n_sp = np.zeros((B, len(self.species_keys)))
@@ -223,7 +245,6 @@ class LineModel:
                 log_n_sp[:, j] = np.log10(eq[name] / p_h)
                 log_u_sp[:, j] = np.log10(molecular_partition_function(name, t_mol[:, 0]))
         temp = np.where(is_mol, t_mol, t_atom)  # (B, n)
-        lpe = np.where(is_mol, lpe_m, lpe_l)
         theta = 5040.0 / temp
         width = np.sqrt(self.two_k_over_m[None, :] * temp + xi * xi)  # km/s
         # H⁻ continuum per H atom at each line (bf with stimulated emission, + ff)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import numba
-import numpy as np
 
 _SQRT_PI = math.sqrt(math.pi)
 

@@ -17,7 +17,6 @@ from .constants import C_KMS
 from .line_model import LineModel, _as_label_arrays
 from .lines import LineList
 
-
 #: Seed of THE observed universe (line-data errors, extra lines, NLTE factors, tellurics ...). It is
 #: fixed so that every observed dataset, whatever its own seed, is drawn from the same truth.
 OBSERVED_UNIVERSE_SEED = 20241107
