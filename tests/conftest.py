@@ -67,3 +67,12 @@ def feature_extractor(toy) -> SpectraFMFeatureExtractor:
     return SpectraFMFeatureExtractor(context_length=32).fit(
         wavelength=toy["wavelength"], flux=toy["flux"], mask=toy["mask"], labels=toy["labels"]
     )
+
+
+@pytest.fixture
+def checkpoint(tiny_model, feature_extractor, tmp_path):
+    """The tiny model and fitted feature extractor saved with ``save_pretrained`` (weights and configs only)."""
+    folder = tmp_path / "model"
+    tiny_model.save_pretrained(folder)
+    feature_extractor.save_pretrained(folder)
+    return folder

@@ -10,14 +10,6 @@ from spectrafm_hf.cli import main
 from spectrafm_hf.predict import load_model, predict_labels
 
 
-@pytest.fixture
-def checkpoint(tiny_model, feature_extractor, tmp_path):
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    feature_extractor.save_pretrained(folder)
-    return folder
-
-
 def test_predict_labels_in_physical_units_match_the_model(tiny_model, feature_extractor, toy):
     result = predict_labels(tiny_model, feature_extractor, toy["wavelength"], toy["flux"],
                             request=["TEFF", "FE_H"], batch_size=5, progress=False)

@@ -20,14 +20,6 @@ from spectrafm_hf.cli import main
 from spectrafm_hf.predict import predict_labels
 
 
-@pytest.fixture
-def checkpoint(tiny_model, feature_extractor, tmp_path):
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    feature_extractor.save_pretrained(folder)
-    return folder
-
-
 def _predict(model, fe, wavelength, flux, **kw):
     return predict_labels(model, fe, wavelength, flux, request=["FE_H"], progress=False, **kw)
 
