@@ -137,3 +137,14 @@ def test_command_line_overrides_and_trainer_checks(tmp_path):
     rehearsal["stage3"]["rehearsal"] = 4
     with pytest.raises(ValueError, match="rehearsal"):
         load_config(_write(tmp_path, rehearsal, "rehearsal.yaml"), stage3_trainer="transformers")
+
+
+def test_a_misspelt_key_is_named_before_a_missing_one_and_missing_keys_read_as_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {synthetic: {n: 10}, observed: {n: 10}}\nmodel: {}\n"
+                    "stage1: {max_step: 5}\nstage2: {}\nstage3: {}\n")
+    with pytest.raises(ValueError, match="'max_step' in section 'stage1'; did you mean 'max_steps'"):
+        load_config(path)
+    path.write_text(path.read_text().replace("max_step:", "max_steps:"))
+    with pytest.raises(ValueError, match=r"section 'stage[23]' needs the key\(s\) 'max_steps'"):
+        load_config(path)

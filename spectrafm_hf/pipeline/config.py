@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -249,6 +250,9 @@ def _build(raw: Mapping, path: str) -> PipelineConfig:
     eval_batch_size = int(raw.get("eval_batch_size", PipelineConfig.eval_batch_size))
     stage_defaults = {name: {**copy.deepcopy(values), "eval_batch_size": eval_batch_size}
                       for name, values in STAGE_DEFAULTS.items()}
+    # every section's keys are checked before any is built: a misspelt key is the first error named
+    for section in ("stage1", "stage2"):
+        _check_stage_keys(_mapping(raw[section], section), section)
     stage3_values = _mapping(raw["stage3"], "stage3")
     _check_stage_keys(stage3_values, "stage3", extra=STAGE3_DATA_KEYS)
     stage3_spec_values = {k: v for k, v in stage3_values.items() if k not in STAGE3_DATA_KEYS}
@@ -304,6 +308,10 @@ def _stage_spec(name: str, values: Mapping, defaults: Mapping) -> StageSpec:
     try:
         return StageSpec.from_dict(name, {**copy.deepcopy(dict(defaults)), **values})
     except (TypeError, ValueError) as err:
+        missing = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: (.+)$", str(err))
+        if missing:  # a dataclass's TypeError names Python arguments; the user wrote YAML keys
+            raise ValueError(f"section {name!r} needs the key(s) {missing.group(1)}, e.g. {name}: "
+                             "{max_steps: 1000}") from None
         raise ValueError(f"section {name!r}: {err}") from None
 
 
