@@ -148,3 +148,17 @@ def test_a_misspelt_key_is_named_before_a_missing_one_and_missing_keys_read_as_y
     path.write_text(path.read_text().replace("max_step:", "max_steps:"))
     with pytest.raises(ValueError, match=r"section 'stage[23]' needs the key\(s\) 'max_steps'"):
         load_config(path)
+
+
+def test_a_step_that_fails_is_reported_as_stopped_not_done(capsys):
+    from spectrafm_hf.pipeline.timing import Timer
+
+    timer = Timer()
+    with timer.step("stage 1"):
+        pass
+    with pytest.raises(ValueError):
+        with timer.step("stage 2"):
+            raise ValueError("settings differ")
+    out = capsys.readouterr().out
+    assert "stage 1 done in" in out and "stage 2 stopped after" in out and "stage 2 done" not in out
+    assert set(timer.seconds) == {"stage 1", "stage 2"}

@@ -17,8 +17,11 @@ class Timer:
     def step(self, name: str):
         start = time.time()
         print(f"[pipeline] {name} ...", flush=True)
+        outcome = "stopped"  # an error or Ctrl-C inside the step must not read as "done"
         try:
             yield
+            outcome = "done"
         finally:
             self.seconds[name] = time.time() - start
-            print(f"[pipeline] {name} done in {self.seconds[name]:.1f} s", flush=True)
+            print(f"[pipeline] {name} {outcome} after {self.seconds[name]:.1f} s" if outcome != "done"
+                  else f"[pipeline] {name} done in {self.seconds[name]:.1f} s", flush=True)
