@@ -196,7 +196,8 @@ def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
     """Remove staging folders in ``parent`` left by killed spectrafm processes; return what was removed.
 
     Only folders named ``.<name>.partial-<pid>-*`` that hold our staging marker are candidates, and only
-    when that process no longer runs on this host: a build in progress is never touched.
+    when that process no longer runs on this host: a build in progress is never touched, and one
+    written from another host (shared filesystem) is only reported.
     """
     removed = []
     parent = Path(parent)
@@ -211,7 +212,12 @@ def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
             pid, host = int(owner["pid"]), owner["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if host == socket.gethostname() and _pid_alive(pid):
+        if host != socket.gethostname():
+            # a build on another node of a shared filesystem: its process cannot be checked from here
+            print(f"left {candidate} alone: written by process {pid} on {host}; remove it by hand if that run "
+                  "is over", flush=True)
+            continue
+        if _pid_alive(pid):
             continue
         size = sum(f.stat().st_size for f in candidate.rglob("*") if f.is_file())
         shutil.rmtree(candidate, ignore_errors=True)
@@ -228,6 +234,8 @@ def staged_folder(out_dir: str | os.PathLike, kind: str) -> Iterator[Path]:
     this package wrote it, and otherwise raises before touching anything. On any exception the
     staging folder is removed and ``out_dir`` is left as it was.
     """
+    # the same protected-path rules as check_output_folder, in case a caller skipped it
+    _check_not_protected(out_dir, _resolve(out_dir), "output folder")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir.parent)

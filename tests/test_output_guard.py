@@ -276,3 +276,21 @@ def test_convert_cli_namespace_still_accepts_library_calls(user_folder):
     assert run_convert_original(argparse.Namespace(src_dir=str(src), out_dir=str(out), overwrite=False)) == 0
     assert written_by_spectrafm(out) and (out / MARKER).exists()
     assert run_convert_original(argparse.Namespace(src_dir=str(src), out_dir=str(out), overwrite=True)) == 0
+
+
+def test_staging_written_from_another_host_is_reported_not_removed(user_folder, capsys):
+    """On a shared filesystem another node's build cannot be checked from here: it is left alone."""
+    other = user_folder / ".sim.partial-1-abc"
+    (other / "final").mkdir(parents=True)
+    (other / MARKER).write_text(json.dumps({"pid": 1, "host": "some-other-node"}))
+    assert remove_stale_staging(user_folder) == []
+    assert other.exists() and "some-other-node" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", ["", ".", ".."])
+def test_staged_folder_itself_refuses_protected_paths(user_folder, path):
+    before = tree_hash(user_folder)
+    with pytest.raises(UnsafeOutputError):
+        with staged_folder(path, kind="dataset"):
+            pass
+    assert tree_hash(user_folder) == before
