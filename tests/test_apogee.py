@@ -243,6 +243,12 @@ def test_build_refuses_folder_without_usable_files(tmp_path):
         apogee.build_apogee_dataset(folder, tmp_path / "out", progress=False)
     assert json.loads((tmp_path / "out.bad_files.json").read_text())["n_bad"] == 1
     assert not (tmp_path / "out").exists()
+    # a same-named file the user wrote is never replaced: the report goes beside it
+    (tmp_path / "mine.bad_files.json").write_text("my notes")
+    with pytest.raises(ValueError, match=r"mine\.bad_files\.1\.json"):
+        apogee.build_apogee_dataset(folder, tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine.bad_files.json").read_text() == "my notes"
+    assert json.loads((tmp_path / "mine.bad_files.1.json").read_text())["n_bad"] == 1
     with pytest.raises(ValueError, match=r"no apStar-\*.fits files"):
         apogee.build_apogee_dataset(folder, tmp_path / "o", kind="apstar", progress=False)
 

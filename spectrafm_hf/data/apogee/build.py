@@ -326,8 +326,28 @@ class BadFilesReport:
 
     def fail(self, out_dir: Path, problem: str, remove: Path | None = None):
         """Write the report beside ``out_dir`` (as ``<out_dir>.bad_files.json``), remove ``remove``, raise."""
-        report_path = out_dir.parent / f"{out_dir.name}.bad_files.json"
+        report_path = _free_report_path(out_dir)
         self.write(report_path)
         if remove is not None:
             shutil.rmtree(remove, ignore_errors=True)
         raise ValueError(f"{problem}; see {report_path}")
+
+
+def _is_bad_files_report(path: Path) -> bool:
+    """True if ``path`` holds a report this command wrote (safe to replace with a newer one)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"kind", "n_files_found", "bad"} <= set(report)
+
+
+def _free_report_path(out_dir: Path) -> Path:
+    """``<out_dir>.bad_files.json`` beside ``out_dir``, or ``<out_dir>.bad_files.<k>.json`` when a file of
+    that name exists that this command did not write (a user's file is never replaced)."""
+    candidate = out_dir.parent / f"{out_dir.name}.bad_files.json"
+    k = 1
+    while candidate.exists() and not _is_bad_files_report(candidate):
+        candidate = out_dir.parent / f"{out_dir.name}.bad_files.{k}.json"
+        k += 1
+    return candidate
