@@ -1,20 +1,32 @@
 """Checkpoint folders: the one writer (:func:`save_checkpoint`) and the one loader (:func:`load_model`).
 
-``save_checkpoint(model, feature_extractor, out_dir, card=None)`` is the one way every stage (and
-``convert-original``) writes a checkpoint folder:
+Every save route writes the same complete, self-contained folder:
 
     out_dir/
         model.safetensors                 weights (never pickle)
-        config.json                       SpectraFMConfig + the full auto_map
-        preprocessor_config.json          SpectraFMFeatureExtractor + its auto_map
+        config.json                       SpectraFMConfig + the full auto_map (AutoConfig, AutoModel,
+                                          AutoModelForPreTraining, AutoFeatureExtractor)
+        preprocessor_config.json          SpectraFMFeatureExtractor + its auto_map (AutoFeatureExtractor)
         README.md                         the model card (when given)
         configuration_spectrafm.py        ┐ self-contained copies of the package's model code, so
         modeling_spectrafm.py             │ AutoModel / AutoFeatureExtractor.from_pretrained(...,
         feature_extraction_spectrafm.py   ┘ trust_remote_code=True) work where spectrafm_hf is absent
 
-transformers' own ``register_for_auto_class`` records only the class that was saved; here the map lists
-every Auto class the package registers the model under (AutoConfig, AutoModel, the task class,
-AutoFeatureExtractor), discovered from the live registry so it cannot drift from ``registration.py``.
+The code files and both auto_maps come from transformers' own remote-code mechanism
+(``register_for_auto_class``, done once in :mod:`spectrafm_hf.registration`), so the routes agree:
+
+* ``model.save_pretrained(dir)`` + ``feature_extractor.save_pretrained(dir)``: the model writes weights,
+  config.json, configuration_spectrafm.py and modeling_spectrafm.py; the feature extractor writes
+  preprocessor_config.json and feature_extraction_spectrafm.py. As for every Hugging Face model with a
+  processor, the model does not own its feature extractor: ``model.save_pretrained`` alone writes no
+  preprocessor config, and such a folder is not a complete checkpoint (``load_model`` and
+  ``spectrafm publish`` refuse it, naming the missing file);
+* ``Trainer(..., processing_class=feature_extractor).save_model(dir)``: both of the above (plus
+  transformers' ``training_args.bin``, a pickle that ``spectrafm publish`` never uploads);
+* ``model.push_to_hub(repo)`` + ``feature_extractor.push_to_hub(repo)``: the same files, uploaded;
+* :func:`save_checkpoint` (every stage and ``spectrafm convert-original``): both ``save_pretrained``
+  calls, then the model card, the self-containment check of the code that travels
+  (:func:`check_travelling_code`) and the user's usual file permissions.
 
 ``load_model(name_or_path, device=None)`` reads such a folder (or a Hub repo id) back as
 ``(model, feature_extractor)``, safetensors only.
@@ -34,22 +46,19 @@ from pathlib import Path
 
 import torch
 
-#: Files of a checkpoint folder besides the code files.
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md",
-                    "configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
+#: The files that travel with every checkpoint as remote code (siblings of this module). Adding one
+#: (e.g. a custom pipeline module) is this one line: ``save_checkpoint`` then copies it if no registered
+#: class saved it, checks it is self-contained, and ``spectrafm publish`` requires it.
 MODEL_CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
+
+#: Files of a complete checkpoint folder (README.md only when a card was given).
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", *MODEL_CODE_FILES)
 
 #: auto_map keys every checkpoint needs; a task class key ("AutoModelFor...") is required in addition.
 REQUIRED_AUTO_MAP_KEYS = ("AutoConfig", "AutoModel", "AutoFeatureExtractor")
 
 #: Top-level modules the travelling files may import (besides the standard library and each other).
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "transformers"}
-
-#: Auto model classes searched for the task class the package registered.
-_TASK_AUTO_CLASSES = (
-    "AutoModelForPreTraining", "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
-    "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM",
-)
 
 
 def package_code_dir() -> Path:
@@ -85,57 +94,42 @@ def check_self_contained(path: str | Path) -> None:
             )
 
 
-def copy_model_code(out_dir: str | Path) -> list[Path]:
-    """Copy the three model files into ``out_dir`` after checking they are self-contained."""
-    out_dir = Path(out_dir)
-    copied = []
+def check_travelling_code(folder: str | Path) -> None:
+    """Raise ``ValueError`` unless ``folder`` carries what remote-code loading needs: every file of
+    :data:`MODEL_CODE_FILES`, each self-contained; ``config.json``'s auto_map with
+    :data:`REQUIRED_AUTO_MAP_KEYS` and a task class; ``preprocessor_config.json``'s own auto_map
+    (AutoFeatureExtractor reads only that one once ``feature_extractor_type`` is set)."""
+    folder = Path(folder)
+    missing = [name for name in MODEL_CODE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder} lacks the remote-code file(s) {', '.join(missing)}; the classes must be "
+                         "registered with register_for_auto_class (import spectrafm_hf: registration.py does it)")
     for name in MODEL_CODE_FILES:
-        src = package_code_dir() / name
-        if not src.is_file():
-            raise FileNotFoundError(f"model code file {src} is missing from the package")
-        check_self_contained(src)
-        shutil.copyfile(src, out_dir / name)
-        copied.append(out_dir / name)
-    return copied
+        check_self_contained(folder / name)
+    config_map = _auto_map_of(folder / "config.json")
+    absent = [key for key in REQUIRED_AUTO_MAP_KEYS if key not in config_map]
+    if not any(key.startswith("AutoModelFor") for key in config_map):
+        absent.append("a task class (AutoModelFor...)")
+    if "AutoFeatureExtractor" not in _auto_map_of(folder / "preprocessor_config.json"):
+        absent.append("AutoFeatureExtractor in preprocessor_config.json")
+    if absent:
+        raise ValueError(f"{folder}: auto_map lacks {', '.join(absent)}; save with the classes of spectrafm_hf "
+                         "after importing it (registration.py sets the full map)")
 
 
-def full_auto_map(model, feature_extractor) -> dict[str, str]:
-    """``auto_map`` naming every Auto class under which the package registered this model's config.
-
-    Looks the config class up in transformers' Auto registries (filled by ``spectrafm_hf.registration``)
-    and always maps AutoConfig and AutoFeatureExtractor to the saved objects' classes.
-    """
-    import transformers
-
-    config_class = type(model.config)
-    auto_map = {
-        "AutoConfig": f"configuration_spectrafm.{config_class.__name__}",
-    }
-    for auto_name in ("AutoModel", *_TASK_AUTO_CLASSES):
-        auto_cls = getattr(transformers, auto_name, None)
-        if auto_cls is None:
-            continue
-        try:
-            model_cls = auto_cls._model_mapping[config_class]
-        except KeyError:
-            continue
-        auto_map[auto_name] = f"modeling_spectrafm.{model_cls.__name__}"
-    if "AutoModel" not in auto_map:
-        raise ValueError(
-            f"{config_class.__name__} is not registered with transformers.AutoModel; import spectrafm_hf "
-            "(its registration module registers the Auto classes) before saving"
-        )
-    if not any(key.startswith("AutoModelFor") for key in auto_map):
-        raise ValueError(
-            f"no task Auto class (AutoModelFor...) is registered for {config_class.__name__}; "
-            "spectrafm_hf.registration must register the task class"
-        )
-    auto_map["AutoFeatureExtractor"] = f"feature_extraction_spectrafm.{type(feature_extractor).__name__}"
-    return auto_map
+def _auto_map_of(path: Path) -> dict:
+    """The ``auto_map`` of a saved JSON config ({} when the file or the key is absent)."""
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("auto_map") or {}
 
 
 def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) -> Path:
     """Write a complete, self-contained checkpoint folder (layout in the module docstring).
+
+    The same files as ``model.save_pretrained(out_dir)`` + ``feature_extractor.save_pretrained(out_dir)``
+    (these two calls write them, through transformers' remote-code mechanism), plus the card, a check
+    that the travelling code is complete and self-contained, and the user's usual file permissions.
 
     Args:
         model: a ``SpectraFMPreTrainedModel`` (any task class); saved in eval-ready safetensors.
@@ -147,7 +141,13 @@ def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) ->
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        TypeError: ``card`` is neither a rendered card nor Markdown text (nothing is written).
+        ValueError: the written folder lacks remote code or auto_map entries (:func:`check_travelling_code`).
     """
+    from . import registration  # noqa: F401  (register_for_auto_class: makes save_pretrained copy the code)
+
     if card is not None and not isinstance(card, str) and not callable(getattr(card, "save", None)):
         raise TypeError(
             f"card must be a rendered card (an object with .save(path), e.g. a huggingface_hub.ModelCard) or "
@@ -155,17 +155,10 @@ def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) ->
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    auto_map = full_auto_map(model, feature_extractor)
-    model.config.auto_map = dict(auto_map)
     model.save_pretrained(out_dir)
     feature_extractor.save_pretrained(out_dir)
-    # AutoFeatureExtractor reads the remote class from preprocessor_config.json's own auto_map (the
-    # config.json fallback is skipped because feature_extractor_type is set), so record it there too.
-    fe_path = out_dir / "preprocessor_config.json"
-    fe_config = json.loads(fe_path.read_text(encoding="utf-8"))
-    fe_config["auto_map"] = {"AutoFeatureExtractor": auto_map["AutoFeatureExtractor"]}
-    fe_path.write_text(json.dumps(fe_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    copy_model_code(out_dir)
+    _copy_code_no_class_saves(out_dir)
+    check_travelling_code(out_dir)
     if card is not None:
         if isinstance(card, str):
             from huggingface_hub import ModelCard
@@ -174,6 +167,21 @@ def save_checkpoint(model, feature_extractor, out_dir: str | Path, card=None) ->
         card.save(out_dir / "README.md")
     _with_usual_permissions(out_dir)
     return out_dir
+
+
+def _copy_code_no_class_saves(out_dir: Path) -> None:
+    """Copy the travelling files that no registered class's ``save_pretrained`` wrote.
+
+    transformers copies the module of every class registered with ``register_for_auto_class`` and the
+    siblings it imports relatively, which today is all of :data:`MODEL_CODE_FILES` (so this copies
+    nothing); a file outside that graph (e.g. a custom pipeline module) is copied here.
+    """
+    for name in MODEL_CODE_FILES:
+        if not (out_dir / name).is_file():
+            source = package_code_dir() / name
+            if not source.is_file():
+                raise FileNotFoundError(f"model code file {source} is missing from the package")
+            shutil.copyfile(source, out_dir / name)
 
 
 def _with_usual_permissions(folder: Path) -> None:

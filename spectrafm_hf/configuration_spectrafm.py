@@ -5,6 +5,7 @@ standard library).
 """
 
 import math
+from typing import ClassVar
 
 from transformers import PreTrainedConfig
 
@@ -104,6 +105,12 @@ class SpectraFMConfig(PreTrainedConfig):
 
     model_type = "spectrafm"
     keys_to_ignore_at_inference = ["encoder_attentions", "cross_attentions"]
+    #: Every Auto class of the SpectraFM family → its class in the travelling code files
+    #: (``{"AutoModel": "modeling_spectrafm.SpectraFMModel", ...}``), set by the package's
+    #: ``registration.py``. ``register_for_auto_class`` puts only the class being saved into ``auto_map``;
+    #: :meth:`save_pretrained` writes this whole map. None where this file runs as remote code: there the
+    #: config was read from a ``config.json`` that already carries the map.
+    family_auto_map: ClassVar[dict[str, str] | None] = None
 
     d_model: int = 256
     encoder_heads: list[int] | tuple[int, ...] = (16, 8)
@@ -173,6 +180,14 @@ class SpectraFMConfig(PreTrainedConfig):
                       decoder_mlp=[64, 64, 64], head_mlp=[64, 32], context_length=64)
         values.update(kwargs)
         return cls(**values)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """``PreTrainedConfig.save_pretrained``, with ``auto_map`` naming every Auto class of the family
+        (:attr:`family_auto_map`), so ``AutoModel``, the task class and ``AutoFeatureExtractor`` all load
+        the folder with ``trust_remote_code=True`` whichever model class was saved."""
+        if self.family_auto_map:
+            self.auto_map = {**(getattr(self, "auto_map", None) or {}), **self.family_auto_map}
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def validate(self):
         """Check the architecture is consistent (called on construction and by ``save_pretrained``)."""

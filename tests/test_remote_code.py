@@ -58,7 +58,7 @@ CHILD = textwrap.dedent('''
     result = {{}}
     for i, source in enumerate(job["sources"]):
         kwargs = {{"trust_remote_code": True}} if job["remote"] else {{}}
-        model = AutoModel.from_pretrained(source, **kwargs).eval()
+        model = getattr(transformers, job.get("auto_class", "AutoModel")).from_pretrained(source, **kwargs).eval()
         fe = AutoFeatureExtractor.from_pretrained(source, **kwargs)
         batch = fe(data["wavelength"], data["flux"], mask=data["mask"], request=job["request"])
         with torch.no_grad():
@@ -97,9 +97,14 @@ def predict_here(source, inputs: Path, request=REQUEST):
     """The installed package's predictions (this process), with the same steps as the child."""
     from transformers import AutoFeatureExtractor, AutoModel
 
+    return predict_with(AutoModel.from_pretrained(source).eval(), AutoFeatureExtractor.from_pretrained(source),
+                        inputs, request)
+
+
+def predict_with(model, fe, inputs: Path, request=REQUEST):
+    """(value, sigma) in physical units of ``model`` (in eval mode) and ``fe`` on the spectra of
+    ``inputs``, on one thread, with the same steps as the child."""
     data = np.load(inputs)
-    model = AutoModel.from_pretrained(source).eval()
-    fe = AutoFeatureExtractor.from_pretrained(source)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -112,15 +117,16 @@ def predict_here(source, inputs: Path, request=REQUEST):
 
 
 def run_child(tmp_path: Path, sources: list[str], inputs: Path, remote: bool, env_extra: dict | None = None,
-              import_package: bool = False) -> dict:
+              import_package: bool = False, auto_class: str = "AutoModel") -> dict:
     """Run CHILD in a fresh, isolated interpreter (``-I``: no PYTHONPATH, no user site, no cwd on
-    sys.path) started in ``tmp_path``; return its predictions."""
+    sys.path) started in ``tmp_path``; return its predictions (models loaded with ``auto_class``)."""
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=str(REPO)))
     job = tmp_path / "job.json"
     output = tmp_path / f"child_out_{len(list(tmp_path.glob('child_out_*')))}.npz"
     job.write_text(json.dumps({"sources": sources, "inputs": str(inputs), "request": REQUEST, "remote": remote,
-                               "output": str(output), "import_package": import_package}))
+                               "output": str(output), "import_package": import_package,
+                               "auto_class": auto_class}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON"))}
     env.update({"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1",
                 "OMP_NUM_THREADS": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")})
