@@ -224,7 +224,7 @@ def test_item4_and_6_predict_checks_output_before_any_work(user_folder, capsys, 
         assert words in one_line_error(capsys)
     assert tree_hash(user_folder) == before  # the spectra file, the folder and the user's files untouched
     assert main([*common, "--output", "pred.csv"]) == 0
-    assert (user_folder / "pred.csv").read_text().startswith("index,FE_H,FE_H_err")
+    assert (user_folder / "pred.csv").read_text().startswith("id,FE_H,FE_H_err")  # `index` until issue 11
     assert not list(user_folder.glob(".*partial*"))
 
 

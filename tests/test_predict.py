@@ -56,8 +56,8 @@ def test_cli_writes_csv_in_request_order(checkpoint, toy, tmp_path, capsys):
     assert code == 0
     with open(out) as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["index", "FE_H", "FE_H_err", "TEFF", "TEFF_err", "flags"]
-    assert [r[0] for r in rows[1:]] == ["0", "1", "2", "3", "4"]
+    assert rows[0] == ["id", "FE_H", "FE_H_err", "TEFF", "TEFF_err", "flags"]  # `index` until issue 11
+    assert [r[0] for r in rows[1:]] == [f"spectra-{i}" for i in range(5)]  # no ids in the file: <stem>-<row>
     assert [r[5] for r in rows[1:]] == [""] * 5  # toy spectra: nothing to flag
     teff = np.array([float(r[3]) for r in rows[1:]])
     assert np.all((teff > 1000) & (teff < 20000))

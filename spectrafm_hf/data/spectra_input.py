@@ -26,6 +26,8 @@ class SpectraInput:
             catalogue labels, their ``_ERR`` and ``snr`` read from APOGEE files or saved datasets
             (so predictions can be compared with them). Files written by the user (npz, Parquet,
             FITS tables) put every per-row column in ``scalars`` instead: there, a column is an input.
+        skipped: ``"<file>: <reason>"`` for each input file of the requested rows that could not be read
+            (a folder of APOGEE files is read file by file; an unreadable one is left out, not fatal).
     """
 
     wavelength: np.ndarray
@@ -35,3 +37,8 @@ class SpectraInput:
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
     ids: np.ndarray | None = None
     reference: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        """Number of spectra (rows of ``flux``; one for a single (P,) spectrum)."""
+        return 1 if np.ndim(self.flux) == 1 else int(np.shape(self.flux)[0])

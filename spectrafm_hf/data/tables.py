@@ -15,7 +15,11 @@ any other       numeric scalar per row         labels (``TEFF`` ... ``O_FE``, ``
 ==============  =============================  =================================================
 
 * ``.npz``: arrays as above (:func:`read_npz`).
-* ``.parquet``: list columns for vectors (pyarrow, installed with ``datasets``).
+* ``.parquet``: list columns for vectors (pyarrow, installed with ``datasets``). Without a
+  ``wavelength`` column, the grid is the one in the file's schema metadata (a file written by
+  :func:`spectrafm_hf.data.hub_layout.write_parquet`, or a shard of a Hub-layout dataset folder, see
+  :func:`parquet_grid`). Such a file was written by this package from a dataset: its columns are read
+  as a dataset folder's are (labels, ``<LABEL>_ERR``, ``snr`` and ``TRUE_*`` are ``reference``).
 * FITS table: the first binary-table HDU, vector columns (``TFORM`` like ``7514E``); column names
   are matched case-insensitively (``FLUX`` = ``flux``); big-endian columns are made native.
   A ``wavelength`` that is not a column may be given as a 1-row table or image in another HDU named
@@ -43,6 +47,20 @@ _ID_COLUMNS = ("id", "ids", "apogee_id")
 #: Columns of the schema that a table may carry per row (labels, their errors, snr).
 SCHEMA_SCALARS: tuple[str, ...] = LABEL_COLUMNS
 _NPZ_ARRAYS = {"wavelength", "flux", "flux_err", "mask", "id", "ids"}
+#: Prefix of a simulation's truth columns (``TRUE_TEFF`` ...): known answers, never model inputs.
+TRUTH_PREFIX = "TRUE_"
+
+
+def is_reference_column(name: str) -> bool:
+    """True for a column of a dataset written by this package that holds a known answer (a label, its
+    ``_ERR``, ``snr``, a ``TRUE_*`` truth): carried in ``SpectraInput.reference``, never a model input."""
+    return name in SCHEMA_SCALARS or name.startswith(TRUTH_PREFIX)
+
+
+def split_reference(scalars: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(scalars, reference)``: a dataset's per-row columns split by :func:`is_reference_column`."""
+    return ({name: values for name, values in scalars.items() if not is_reference_column(name)},
+            {name: values for name, values in scalars.items() if is_reference_column(name)})
 
 
 def read_npz(path: str | Path) -> SpectraInput:
@@ -194,8 +212,11 @@ def _stack_rows(values, path: Path, name: str) -> np.ndarray:
     return np.stack([np.asarray(v) for v in values])
 
 
-def _from_columns(columns: dict[str, np.ndarray], path: Path) -> SpectraInput:
-    """Column dict (names already lower-cased for the vector/id columns) → SpectraInput."""
+def spectra_from_columns(columns: dict[str, np.ndarray], path: Path) -> SpectraInput:
+    """Column dict (names already lower-cased for the vector/id columns) → SpectraInput.
+
+    Every column besides the vectors and the id must be a numeric scalar per row (``scalars``).
+    """
     missing = [name for name in ("wavelength", "flux") if name not in columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; a spectra table needs 'wavelength' and 'flux' "
@@ -228,7 +249,7 @@ def _from_columns(columns: dict[str, np.ndarray], path: Path) -> SpectraInput:
     return SpectraInput(wavelength=wavelength, flux=flux, flux_err=flux_err, mask=mask, scalars=scalars, ids=ids)
 
 
-def _canonical(name: str) -> str:
+def canonical_column(name: str) -> str:
     """Vector/id column names are case-insensitive; label names are upper-case (schema)."""
     lower = name.lower()
     if lower in _VECTOR_COLUMNS or lower in _ID_COLUMNS or lower == "snr":
@@ -238,8 +259,42 @@ def _canonical(name: str) -> str:
     return name
 
 
-def read_parquet(path: str | Path) -> SpectraInput:
-    """A Parquet table (list columns for the vectors) → SpectraInput."""
+def parquet_grid(path: Path, arrow_schema, wavelength: np.ndarray | None = None) -> tuple[np.ndarray | None, bool]:
+    """Where a Parquet table's wavelength grid is: ``(grid, written_by_spectrafm)``.
+
+    ``grid`` is None when the table has a ``wavelength`` column (read per row); else the grid (P,) of
+    the file's ``spectrafm`` schema metadata (:func:`~spectrafm_hf.data.schema.parquet_metadata`),
+    else ``wavelength`` (the grid of the Hub-layout folder the file is a shard of). The flag says the
+    file is a dataset of this package (metadata, or a shard of such a folder): its columns follow the
+    dataset schema.
+
+    Raises:
+        ValueError: no column, no metadata and no ``wavelength`` given; the message names the fix.
+    """
+    from .schema import parquet_metadata
+
+    names = {canonical_column(name) for name in arrow_schema.names}
+    payload = parquet_metadata(path)
+    if payload is None and wavelength is None and "wavelength" not in names:
+        keys = arrow_schema.metadata or {}
+        origin = " (it was written by datasets' Dataset.to_parquet, which drops the grid)" \
+            if b"huggingface" in keys else ""
+        raise ValueError(f"{path}: no wavelength grid: no 'wavelength' column and no spectrafm schema metadata"
+                         f"{origin}; write it with spectrafm_hf.data.hub_layout.write_parquet (or "
+                         "export_hub_dataset), or add a 'wavelength' column")
+    if "wavelength" in names:
+        return None, payload is not None
+    grid = payload["wavelength_vac_A"] if payload is not None else wavelength
+    return np.asarray(grid, dtype=np.float64), True
+
+
+def read_parquet(path: str | Path, wavelength: np.ndarray | None = None) -> SpectraInput:
+    """A Parquet table (list columns for the vectors) → SpectraInput.
+
+    Args:
+        wavelength: grid (P,) to use when the file has neither a ``wavelength`` column nor spectrafm
+            schema metadata (a shard of a Hub-layout folder whose ``wavelength.json`` holds it).
+    """
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -247,13 +302,45 @@ def read_parquet(path: str | Path) -> SpectraInput:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises its own ArrowInvalid / OSError types
         raise ValueError(f"{path}: cannot read as Parquet ({err})") from err
-    columns = {}
-    for name in table.column_names:
-        column = table.column(name)
-        values = column.to_pylist() if str(column.type).startswith(("list", "large_list", "fixed_size_list")) \
-            else column.to_numpy(zero_copy_only=False)
-        columns[_canonical(name)] = values
-    return _from_columns(columns, path)
+    grid, from_dataset = parquet_grid(path, table.schema, wavelength)
+    columns = {canonical_column(name): arrow_column_values(table.column(name), path, canonical_column(name))
+               for name in table.column_names}
+    if grid is not None:
+        columns["wavelength"] = grid
+    spectra = spectra_from_columns(columns, path)
+    if from_dataset:  # a dataset of this package: labels and truths are answers, as in a dataset folder
+        spectra.scalars, spectra.reference = split_reference(spectra.scalars)
+    return spectra
+
+
+def arrow_column_values(column, path: Path, name: str) -> np.ndarray:
+    """An Arrow column → numpy: list columns (one vector per row) → (N, P) without a Python list per
+    row (a 7514-pixel spectrum as Python floats costs ~30x its array size); scalars → (N,).
+
+    Raises ``ValueError`` naming the file and column for null or ragged vector rows.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type) \
+            and not pa.types.is_fixed_size_list(column.type):
+        return column.to_numpy(zero_copy_only=False)
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if n == 0:
+        raise ValueError(f"{path}: column {name!r} has no rows; the table holds no spectra")
+    if array.null_count:
+        raise ValueError(f"{path}: column {name!r} has empty (null) or non-vector rows; every row needs one "
+                         "spectrum vector")
+    lengths = np.asarray(pc.list_value_length(array)) if not pa.types.is_fixed_size_list(array.type) \
+        else np.full(n, array.type.list_size)
+    if np.any(lengths != lengths[0]):
+        raise ValueError(f"{path}: column {name!r} has rows of different lengths {sorted(set(lengths.tolist()))[:5]}; "
+                         "every spectrum of a table must have the same number of pixels")
+    if lengths[0] == 0:
+        raise ValueError(f"{path}: column {name!r} has empty (null) or non-vector rows; every row needs one "
+                         "spectrum vector")
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(n, int(lengths[0]))
 
 
 def read_fits_table(path: str | Path) -> SpectraInput:
@@ -270,7 +357,7 @@ def read_fits_table(path: str | Path) -> SpectraInput:
                              "or not a spectra table") from err
     if columns is None:
         raise ValueError(f"{path}: no binary table HDU; a FITS spectra table has 'wavelength' and 'flux' columns")
-    return _from_columns(columns, path)
+    return spectra_from_columns(columns, path)
 
 
 def _fits_errors() -> tuple[type[BaseException], ...]:
@@ -292,7 +379,7 @@ def _fits_table_columns(hdul) -> dict[str, np.ndarray] | None:
     for name in data.columns.names:
         values = np.asarray(data[name])
         values = np.char.strip(values.astype(str)) if values.dtype.kind in "SU" else _native(values).copy()
-        columns[_canonical(str(name))] = values
+        columns[canonical_column(str(name))] = values
     if "wavelength" not in columns:
         for hdu in hdul:
             if hdu.name.upper() == "WAVELENGTH" and hdu.data is not None:
