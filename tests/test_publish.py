@@ -73,6 +73,8 @@ class FakeApi:
 
     def upload_folder(self, *a, **k):
         self._record("upload_folder", a, k)
+        # what the Hub would receive, read now: a prepared folder is temporary
+        self.uploaded = {name: (Path(k["folder_path"]) / name).read_bytes() for name in k["allow_patterns"]}
         return argparse.Namespace(commit_url="https://huggingface.co/org/spectrafm/commit/abc")
 
 
@@ -206,3 +208,121 @@ def test_cli_dry_run_exit_code_and_missing_folder(make_folder, tmp_path, capsys)
     assert "model.safetensors" in capsys.readouterr().out
     assert main(["publish", str(tmp_path / "nope"), "--repo-id", "org/x", "--dry-run"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---- issue 14: cards rendered for the repo id; dataset folders ------------------------------------------
+
+@pytest.fixture
+def rendered_checkpoint(tiny_model, feature_extractor, tmp_path):
+    """A checkpoint whose card was rendered by this package for its local run folder."""
+    from spectrafm_hf.hub.cards import CardInfo, render_card
+
+    info = CardInfo(stage="stage3", labels=["FE_H"], training_data="100 stars.", pixels=(4107, 4619),
+                    base_model="runs/quickstart/stage2", local_path="runs/quickstart/stage3", context_length=32)
+    return save_checkpoint(tiny_model, feature_extractor, tmp_path / "stage3", card=render_card(info))
+
+
+def test_a_rendered_card_is_re_rendered_for_the_repo_id(rendered_checkpoint, fake_hub, capsys):
+    from huggingface_hub import ModelCard
+
+    folder = rendered_checkpoint
+    before = _snapshot(folder)
+    assert publish.run_publish(_args(folder, repo_id="org/spectrafm-stage3", base_model="org/spectrafm-stage2",
+                                     dataset=["org/sim-observed"])) == 0
+    (api,) = fake_hub.instances
+    upload = api.calls[-1][2]
+    assert upload["folder_path"] != str(folder) and upload["repo_type"] == "model"
+    card = ModelCard(api.uploaded["README.md"].decode())
+    assert card.data.base_model == "org/spectrafm-stage2" and card.data.datasets == ["org/sim-observed"]
+    body = card.text.split("<!--")[0]
+    assert 'checkpoint = "org/spectrafm-stage3"' in body and "runs/quickstart" not in body
+    for name, content in api.uploaded.items():  # every other file is the local one, byte for byte
+        if name != "README.md":
+            assert hashlib.sha256(content).hexdigest() == before[name]
+    assert _snapshot(folder) == before
+    assert "uploaded 7 files to org/spectrafm-stage3" in capsys.readouterr().out
+
+
+def test_an_unrendered_placeholder_card_is_refused(make_folder, tmp_path, fake_hub):
+    folder = make_folder(tmp_path / "old")
+    (folder / "README.md").write_text('---\nlicense: mit\n---\nmodel = load_model("path/to/checkpoint")\n')
+    with pytest.raises(ValueError, match="path/to/checkpoint"):
+        publish.run_publish(_args(folder))
+    with pytest.raises(ValueError, match="not rendered by spectrafm-hf"):
+        publish.run_publish(_args(make_folder(tmp_path / "foreign"), base_model="org/parent"))
+    assert fake_hub.instances == []
+
+
+@pytest.fixture
+def dataset_folder(tmp_path):
+    import numpy as np
+
+    from spectrafm_hf.data.schema import write_dataset
+
+    def batches(n):
+        def make():
+            yield {"id": np.array([f"s{i}" for i in range(n)]), "flux": np.ones((n, 6), np.float32)}
+        return make
+
+    write_dataset(tmp_path / "sim", {"train": batches(4), "test": batches(2)}, np.linspace(15200, 15210, 6),
+                  {"source": "table", "path": "x.npz"})
+    return tmp_path / "sim"
+
+
+def test_a_dataset_folder_is_published_as_a_hub_dataset(dataset_folder, fake_hub, capsys):
+    import io
+    import json as _json
+
+    import pyarrow.parquet as pq
+    from huggingface_hub import DatasetCard
+
+    before = _snapshot(dataset_folder)
+    assert publish.run_publish(_args(dataset_folder, repo_id="org/sim-spectra", revision="v1")) == 0
+    (api,) = fake_hub.instances
+    assert [c[0] for c in api.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert all(c[2]["repo_type"] == "dataset" for c in api.calls)
+    assert sorted(api.uploaded) == ["README.md", "data/test-00000-of-00001.parquet",
+                                    "data/train-00000-of-00001.parquet", "wavelength.json"]
+    shard = pq.read_table(io.BytesIO(api.uploaded["data/train-00000-of-00001.parquet"]))
+    assert _json.loads(shard.schema.metadata[b"spectrafm"])["wavelength_vac_A"][0] == 15200.0
+    card = DatasetCard(api.uploaded["README.md"].decode())
+    assert 'load_dataset("org/sim-spectra")' in card.text and str(dataset_folder) not in card.text.split("## Splits")[0]
+    assert "Upload SpectraFM dataset sim" == api.calls[-1][2]["commit_message"]
+    assert _snapshot(dataset_folder) == before
+    assert "uploaded 4 files to org/sim-spectra (branch v1)" in capsys.readouterr().out
+
+
+def test_a_hub_layout_folder_keeps_its_shards_and_gets_a_new_card(dataset_folder, tmp_path, fake_hub):
+    from spectrafm_hf.data.hub_layout import export_hub_dataset
+
+    hub = export_hub_dataset(dataset_folder, tmp_path / "hub")
+    before = _snapshot(hub)
+    assert publish.run_publish(_args(hub, repo_id="org/sim-spectra")) == 0
+    (api,) = fake_hub.instances
+    for name in ("data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"):
+        assert hashlib.sha256(api.uploaded[name]).hexdigest() == before[name]
+    assert b'load_dataset("org/sim-spectra")' in api.uploaded["README.md"]
+    assert _snapshot(hub) == before
+
+
+def test_dataset_dry_run_and_repo_type_checks(dataset_folder, make_folder, tmp_path, monkeypatch, capsys):
+    from spectrafm_hf.cli import main
+
+    def explode(*a, **k):
+        raise AssertionError("dry run must not build an HfApi")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", explode)
+    assert main(["publish", str(dataset_folder), "--repo-id", "org/x", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "datasets/org/x as a dataset repo" in out and "data/train-00000-of-00001.parquet" in out
+    assert "4 files" in out
+    assert main(["publish", str(dataset_folder), "--repo-id", "org/x", "--repo-type", "model", "--dry-run"]) == 2
+    assert "is a dataset folder" in capsys.readouterr().err
+    checkpoint = make_folder(tmp_path / "ckpt")
+    assert main(["publish", str(checkpoint), "--repo-id", "org/x", "--repo-type", "dataset", "--dry-run"]) == 2
+    (tmp_path / "neither").mkdir()
+    (tmp_path / "neither" / "notes.txt").write_text("x")
+    assert main(["publish", str(tmp_path / "neither"), "--repo-id", "org/x", "--dry-run"]) == 2
+    assert "neither a checkpoint folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a dataset repo takes neither"):
+        publish.run_publish(_args(dataset_folder, dry_run=True, base_model="org/parent"))

@@ -19,9 +19,21 @@ plus, optionally, extra float32 scalar columns (nuisance labels such as ``VMICRO
 P is fixed per dataset (7514 for the APOGEE grid). Consumers treat a pixel as bad when ``mask`` is
 True OR ``flux`` is not finite.
 
-The wavelength grid (vacuum Å, shape (P,)) and provenance travel with every split inside
-``Dataset.info.description`` as JSON (it survives ``save_to_disk``, ``select``, ``filter``);
-read it with :func:`get_wavelength` / :func:`get_metadata`.
+The wavelength grid (vacuum Å, shape (P,)) and provenance travel with the data in every format the
+package writes, as the same JSON payload ``{"spectrafm": {..., "wavelength_vac_A": [...]}}``:
+
+* Arrow (``save_to_disk`` layout): in each split's ``Dataset.info.description`` (it survives
+  ``save_to_disk``, ``select``, ``filter``), plus ``wavelength.json`` at the top of the folder;
+* Parquet written by :func:`spectrafm_hf.data.hub_layout.write_parquet`: in the file's Arrow schema
+  key-value metadata under the key ``spectrafm`` (:data:`PARQUET_METADATA_KEY`);
+* a Hub dataset repo (:func:`spectrafm_hf.data.hub_layout.export_hub_dataset`): in every Parquet shard
+  and in ``wavelength.json`` beside the card.
+
+``datasets`` itself drops it in two places (datasets 5.2): ``Dataset.to_parquet`` writes only the
+features into the Parquet schema, and ``load_dataset`` (Parquet files, a folder, a Hub repo) keeps no
+schema metadata and no description. A dataset loaded that way is asked for its grid with
+``get_wavelength(dataset, source=...)``, ``source`` being the files it came from; see
+:func:`metadata_from_files`.
 
 Datasets are built by streaming batches through ``Dataset.from_generator`` (Arrow, written in
 pieces), so peak memory does not grow with the number of spectra, and are written atomically: a
@@ -45,6 +57,10 @@ from ..output_guard import check_output_folder, staged_folder
 from .labels import LABEL_COLUMNS, LABEL_UNITS, LABELS, PAPER_LABEL_ORDER, error_column  # noqa: F401
 
 _METADATA_KEY = "spectrafm"
+#: Key of the grid + provenance JSON in a Parquet file's Arrow schema key-value metadata.
+PARQUET_METADATA_KEY = b"spectrafm"
+#: The grid + provenance file beside the data of a dataset folder (Arrow or Hub layout).
+WAVELENGTH_FILE = "wavelength.json"
 
 
 def spectra_features(n_pixels: int, extra_scalars: Iterable[str] = ()):
@@ -68,28 +84,141 @@ def spectra_features(n_pixels: int, extra_scalars: Iterable[str] = ()):
     return Features(columns)
 
 
-def _encode_metadata(wavelength: np.ndarray, metadata: Mapping | None) -> str:
+def metadata_payload(wavelength: np.ndarray, metadata: Mapping | None) -> dict:
+    """Provenance ``metadata`` plus the grid as ``wavelength_vac_A`` (a list of float64, exact in JSON)."""
     payload = dict(metadata or {})
     payload["wavelength_vac_A"] = [float(x) for x in np.asarray(wavelength, dtype=np.float64)]
-    return json.dumps({_METADATA_KEY: payload})
+    return payload
 
 
-def get_metadata(dataset) -> dict:
-    """The provenance dict stored with a dataset (or any split of a DatasetDict)."""
+def _encode_metadata(wavelength: np.ndarray, metadata: Mapping | None) -> str:
+    return encode_payload(metadata_payload(wavelength, metadata))
+
+
+def encode_payload(payload: Mapping) -> str:
+    """The JSON text stored in ``info.description`` and in ``wavelength.json``: ``{"spectrafm": payload}``."""
+    return json.dumps({_METADATA_KEY: dict(payload)})
+
+
+def get_metadata(dataset, source: str | os.PathLike | None = None) -> dict:
+    """The provenance dict (with ``wavelength_vac_A``) stored with a dataset (or any split of a DatasetDict).
+
+    Args:
+        dataset: a ``Dataset`` or ``DatasetDict`` built by this package (grid in ``info.description``).
+        source: where the dataset was loaded from, for datasets that lost the description on the way
+            (``load_dataset`` on Parquet files, a Hub-layout folder): a Parquet file, a list of them, a
+            ``wavelength.json`` or a dataset folder (see :func:`metadata_from_files`). Used only when the
+            dataset itself carries no grid.
+    """
     if hasattr(dataset, "keys") and not hasattr(dataset, "info"):  # DatasetDict
         dataset = next(iter(dataset.values()))
     try:
-        return json.loads(dataset.info.description)[_METADATA_KEY]
-    except (TypeError, ValueError, KeyError) as err:
+        return _decode_metadata(dataset.info.description)
+    except ValueError:
+        if source is not None:
+            return metadata_from_files(source)
         raise ValueError(
-            "this dataset carries no spectrafm metadata (wavelength grid); build it with "
-            "spectrafm_hf.data loaders or spectrafm_hf.data.schema.write_dataset"
-        ) from err
+            "this dataset carries no spectrafm metadata (wavelength grid): datasets.load_dataset and "
+            "Dataset.to_parquet drop it. Pass the files it came from, get_wavelength(ds, source=PATH) (a "
+            "Parquet file written by spectrafm_hf.data.hub_layout.write_parquet, wavelength.json or the "
+            "dataset folder), or load it with spectrafm_hf.data.hub_layout.load_spectra_dataset"
+        ) from None
 
 
-def get_wavelength(dataset) -> np.ndarray:
-    """Vacuum wavelengths (Å) of the dataset's pixels, shape (P,), float64."""
-    return np.asarray(get_metadata(dataset)["wavelength_vac_A"], dtype=np.float64)
+def get_wavelength(dataset, source: str | os.PathLike | None = None) -> np.ndarray:
+    """Vacuum wavelengths (Å) of the dataset's pixels, shape (P,), float64 (``source``: see :func:`get_metadata`)."""
+    return np.asarray(get_metadata(dataset, source)["wavelength_vac_A"], dtype=np.float64)
+
+
+def _decode_metadata(text) -> dict:
+    """The payload of a ``{"spectrafm": {...}}`` JSON text; ValueError when it is not one."""
+    try:
+        payload = json.loads(text)[_METADATA_KEY]
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError("no spectrafm metadata") from err
+    return _checked_payload(payload)
+
+
+def _checked_payload(payload) -> dict:
+    """``payload`` if it is a grid + provenance dict (has ``wavelength_vac_A``), else ValueError."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("wavelength_vac_A"), list):
+        raise ValueError("no spectrafm metadata")
+    return payload
+
+
+def parquet_metadata(path: str | os.PathLike) -> dict | None:
+    """The grid + provenance in a Parquet file's schema metadata, or None when it has none.
+
+    Reads only the file footer (cheap for any file size). ``spectrafm predict`` uses it for a Parquet
+    file without a ``wavelength`` column.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        stored = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
+    except Exception as err:  # pyarrow raises its own ArrowInvalid / OSError types
+        raise ValueError(f"{path}: cannot read as Parquet ({err})") from err
+    if stored is None:
+        return None
+    try:
+        return _checked_payload(json.loads(stored))
+    except ValueError:
+        raise ValueError(f"{path}: its '{PARQUET_METADATA_KEY.decode()}' schema metadata is not a spectrafm "
+                         "grid; rewrite the file with spectrafm_hf.data.hub_layout.write_parquet") from None
+
+
+def metadata_from_files(source) -> dict:
+    """The grid + provenance of a dataset from its files, without loading the data.
+
+    ``source`` is one of: a Parquet file (schema metadata); a list of Parquet files (all must carry the
+    same grid); a ``wavelength.json``; a dataset folder: its ``wavelength.json``, else the description
+    of a ``save_to_disk`` split, else its first Parquet shard (``data/*.parquet``).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: it holds no spectrafm grid (the message says how to write one that does).
+    """
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("no files given to read the wavelength grid from")
+        found = [metadata_from_files(path) for path in source]
+        if any(other["wavelength_vac_A"] != found[0]["wavelength_vac_A"] for other in found[1:]):
+            raise ValueError(f"the files {[str(p) for p in source]} carry different wavelength grids; "
+                             "load each grid's files separately")
+        return found[0]
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (looked for the dataset's wavelength grid there)")
+    if path.is_dir():
+        return _folder_metadata(path)
+    if path.suffix.lower() == ".json":
+        try:
+            return _decode_metadata(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ValueError(f"{path} is not a spectrafm {WAVELENGTH_FILE} (no 'spectrafm' grid)") from None
+    found = parquet_metadata(path)
+    if found is None:
+        raise ValueError(f"{path} carries no wavelength grid in its Parquet metadata (Dataset.to_parquet drops "
+                         "it); write it with spectrafm_hf.data.hub_layout.write_parquet, or add a 'wavelength' "
+                         "column")
+    return found
+
+
+def _folder_metadata(folder: Path) -> dict:
+    """A dataset folder's grid: wavelength.json, a save_to_disk split's description, or a Parquet shard."""
+    if (folder / WAVELENGTH_FILE).is_file():
+        return metadata_from_files(folder / WAVELENGTH_FILE)
+    for info in sorted(folder.glob("dataset_info.json")) + sorted(folder.glob("*/dataset_info.json")):
+        try:
+            return _decode_metadata(json.loads(info.read_text(encoding="utf-8")).get("description"))
+        except (ValueError, AttributeError):
+            continue
+    shards = sorted(folder.glob("*.parquet")) + sorted(folder.glob("data/**/*.parquet"))
+    if shards:
+        return metadata_from_files(shards[0])
+    raise ValueError(f"{folder} holds no wavelength grid ({WAVELENGTH_FILE}, a save_to_disk split of this "
+                     "package, or Parquet shards with spectrafm metadata); export it with "
+                     "spectrafm_hf.data.hub_layout.export_hub_dataset")
 
 
 BatchDict = Mapping[str, np.ndarray]
@@ -144,8 +273,8 @@ def _arrow_table(columns: dict[str, np.ndarray], n_pixels: int):
 
 
 def _write_split(split_dir: Path, name: str, batches: Iterable[BatchDict], features, description: str,
-                 extra_scalars: tuple[str, ...]) -> int:
-    """Write one split in the ``Dataset.save_to_disk`` layout, one batch at a time; return its rows."""
+                 extra_scalars: tuple[str, ...]) -> tuple[int, int]:
+    """Write one split in the ``Dataset.save_to_disk`` layout, one batch at a time; return (rows, bytes)."""
     import uuid
 
     from datasets import DatasetInfo, SplitDict, SplitInfo
@@ -174,7 +303,7 @@ def _write_split(split_dir: Path, name: str, batches: Iterable[BatchDict], featu
         "_split": name,
     }
     (split_dir / "state.json").write_text(json.dumps(state, indent=2))
-    return n_rows
+    return n_rows, n_bytes
 
 
 def write_dataset(
@@ -189,7 +318,10 @@ def write_dataset(
 
     Each batch is converted column-wise to Arrow and appended to the split's shard, so peak memory is
     one batch whatever the number of spectra, and nothing is written twice. The result is the
-    ``DatasetDict.save_to_disk`` layout, read back with ``datasets.load_from_disk``.
+    ``DatasetDict.save_to_disk`` layout, read back with ``datasets.load_from_disk``, plus
+    ``wavelength.json`` (the grid and provenance) and ``README.md``, the dataset card
+    (:mod:`spectrafm_hf.data.dataset_card`), whose ``configs`` also let ``datasets.load_dataset(out_dir)``
+    read the Arrow shards.
 
     Args:
         out_dir: destination folder.
@@ -220,10 +352,29 @@ def write_dataset(
     # failed build never leaves a folder that looks like a valid dataset (and a killed one's staging
     # folder is removed by the next build).
     with staged_folder(out_dir, kind="dataset") as final:
-        for name, make_batches in split_batches.items():
-            _write_split(final / name, name, make_batches(), features, description, extra_scalars)
+        sizes = {name: _write_split(final / name, name, make_batches(), features, description, extra_scalars)
+                 for name, make_batches in split_batches.items()}
         (final / "dataset_dict.json").write_text(json.dumps({"splits": list(split_batches)}))
+        (final / WAVELENGTH_FILE).write_text(description)
+        write_dataset_card(final, _decode_metadata(description), features, sizes, layout="arrow", location=out_dir)
     return load_from_disk(str(out_dir))
+
+
+def write_dataset_card(folder: Path, payload: Mapping, features, sizes: Mapping[str, tuple[int, int]],
+                       layout: str, repo_id: str | None = None, location: str | os.PathLike | None = None) -> Path:
+    """Write ``folder/README.md``, the dataset card (see :mod:`spectrafm_hf.data.dataset_card`).
+
+    ``sizes``: split → (rows, bytes); ``layout``: ``"arrow"`` (``<split>/data-*.arrow``, this writer's) or
+    ``"parquet"`` (``data/<split>-*.parquet``, the Hub layout); ``repo_id`` / ``location``: the Hub id or
+    the local folder the card's usage code names (``folder`` may be a staging folder).
+    """
+    from .dataset_card import render_dataset_card
+
+    card = render_dataset_card(payload, features, sizes, layout=layout, wavelength_file=WAVELENGTH_FILE,
+                               repo_id=repo_id, location=None if location is None else str(location))
+    path = Path(folder) / "README.md"
+    card.save(path)
+    return path
 
 
 def dataset_in_memory(

@@ -1,16 +1,31 @@
-"""``spectrafm publish``: upload one complete stage checkpoint folder to the Hugging Face Hub.
+"""``spectrafm publish``: upload a checkpoint folder or a dataset folder to the Hugging Face Hub.
 
-Stages can be separate repos (``--repo-id org/spectrafm-stage1`` ...) or branches of one repo
-(``--repo-id org/spectrafm --revision stage1``). The repo id must be ``owner/name``. The folder is
-validated first (weights, config, preprocessor config, card, remote code, ``auto_map``, and that it
-loads strictly: a truncated or mismatched ``model.safetensors`` is refused); ``--dry-run`` lists what
-would be uploaded with sizes and touches no network. The local folder is only ever read.
+**Checkpoints.** Stages can be separate repos (``--repo-id org/spectrafm-stage1`` ...) or branches of one
+repo (``--repo-id org/spectrafm --revision stage1``). The folder is validated first (weights, config,
+preprocessor config, card, remote code, ``auto_map``, and that it loads strictly: a truncated or
+mismatched ``model.safetensors`` is refused). A card rendered by this package is re-rendered for the
+repo id (its usage code names the repo id, never the local folder; ``--base-model`` names the published
+parent, ``--dataset`` the published training data) and uploaded in place of the local README.md.
+
+**Datasets.** A dataset folder (``save_to_disk`` layout, as ``simulate`` / ``build-apogee`` write, or the
+Hub layout of :func:`spectrafm_hf.data.hub_layout.export_hub_dataset`) is uploaded with
+``repo_type="dataset"`` in the Hub layout: Parquet shards that keep the wavelength grid,
+``wavelength.json`` and a dataset card rendered for the repo id (an Arrow folder is exported to a
+temporary folder first).
+
+``--repo-type auto`` (the default) tells the two apart. The repo id must be ``owner/name``.
+``--dry-run`` lists what would be uploaded with sizes and touches no network. The local folder is only
+ever read: what differs from it (a re-rendered card, an export) is built in a temporary folder, whose
+other files are links to the originals.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from ..checkpoints import MODEL_CODE_FILES, REQUIRED_AUTO_MAP_KEYS
@@ -23,6 +38,12 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 #: Top-level folders of a pipeline stage that are training by-products, never published: the resume
 #: state (optimizer, RNG states pickled by Accelerate) and the tracker logs.
 TRAINING_ONLY_DIRS = ("state", "logs", "checkpoint")
+
+
+#: ``--repo-type`` values.
+REPO_TYPES = ("auto", "model", "dataset")
+#: Text of an unrendered usage snippet: a card that still holds it is never published.
+PLACEHOLDER = "path/to/checkpoint"
 
 
 def list_checkpoint_files(stage_dir: str | Path) -> list[tuple[str, int]]:
@@ -135,60 +156,183 @@ def format_listing(listing: list[tuple[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def publish_folder(stage_dir: str | Path, repo_id: str, *, revision: str | None = None,
-                   private: bool = False, commit_message: str | None = None, api=None):
-    """Upload a validated checkpoint folder. Returns the ``CommitInfo`` of ``upload_folder``.
+def resolve_repo_type(folder: str | Path, requested: str = "auto") -> str:
+    """``"model"`` for a checkpoint folder, ``"dataset"`` for a dataset folder (``requested="auto"``), or
+    ``requested`` itself after checking it does not contradict the folder.
 
-    Operations, in order: ``create_repo(repo_id, private=..., exist_ok=True)``; if ``revision``,
-    ``create_branch(repo_id, branch=revision, exist_ok=True)``; ``upload_folder`` of exactly the listed
-    files (``allow_patterns``). Errors of the Hub (auth, network, rejected upload) propagate.
+    Raises ``FileNotFoundError`` (no folder) or ``ValueError`` (neither kind, or the other kind).
     """
+    from ..data.hub_layout import dataset_folder_layout
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder {str(root)!r} does not exist or is not a folder")
+    if requested not in REPO_TYPES:
+        raise ValueError(f"--repo-type {requested!r} is not one of {', '.join(REPO_TYPES)}")
+    is_checkpoint = any((root / name).exists() for name in ("config.json", "preprocessor_config.json", *WEIGHT_FILES))
+    found = "model" if is_checkpoint else ("dataset" if dataset_folder_layout(root) else None)
+    if requested == "auto":
+        if found is None:
+            raise ValueError(f"{root} is neither a checkpoint folder (config.json, weights) nor a dataset folder "
+                             "(dataset_dict.json of save_to_disk, or data/*.parquet); give one of those")
+        return found
+    if found is not None and found != requested:
+        raise ValueError(f"--repo-type {requested} but {root} is a {found} folder; use --repo-type {found} or auto")
+    return requested
+
+
+def _link_files(root: Path, names: list[str], view: Path) -> None:
+    """Make ``view/<name>`` a link to ``root/<name>`` for each name (a copy where links are impossible)."""
+    for name in names:
+        target = view / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink((root / name).resolve(), target)
+        except OSError:
+            shutil.copy2(root / name, target)
+
+
+def prepare_model_upload(stage_dir: str | Path, repo_id: str, work: Path, base_model: str | None = None,
+                         datasets: list[str] | None = None) -> tuple[Path, list[tuple[str, int]]]:
+    """Validate a checkpoint folder; return (folder to upload, its listing).
+
+    A card rendered by this package is re-rendered for ``repo_id`` into ``work/upload`` (the other
+    files linked); another card is uploaded as it is, unless it still holds the unrendered
+    ``path/to/checkpoint`` snippet (refused).
+    """
+    from .cards import card_info_from_text, render_for_repo
+
+    root = Path(stage_dir)
+    listing = validate_checkpoint_folder(root)
+    text = (root / "README.md").read_text(encoding="utf-8")
+    info = card_info_from_text(text)
+    if info is None:
+        if PLACEHOLDER in text:
+            raise ValueError(f"{root / 'README.md'} still says {PLACEHOLDER!r} and was not rendered by this version "
+                             "of spectrafm-hf, so it cannot be re-rendered for the repo id; render it with "
+                             "spectrafm_hf.hub.cards.render_card(CardInfo(..., repo_id=...)) first")
+        if base_model or datasets:
+            raise ValueError(f"{root / 'README.md'} was not rendered by spectrafm-hf, so --base-model/--dataset "
+                             "cannot be added to it; edit its YAML metadata instead")
+        return root, listing
+    view = work / "upload"
+    _link_files(root, [name for name, _ in listing if name != "README.md"], view)
+    render_for_repo(info, repo_id, base_model=base_model, datasets=datasets).save(view / "README.md")
+    return view, list_checkpoint_files(view)
+
+
+def prepare_dataset_upload(folder: str | Path, repo_id: str, work: Path) -> tuple[Path, list[tuple[str, int]]]:
+    """A dataset folder in the Hub layout, with a card rendered for ``repo_id``, in ``work/upload``.
+
+    An Arrow (``save_to_disk``) folder is exported (Parquet shards that keep the grid); a folder
+    already in the Hub layout is checked (every shard's grid equals ``wavelength.json``'s), its shards
+    and grid file linked and its card re-rendered.
+    """
+    from ..data.hub_layout import dataset_folder_layout, describe_hub_folder, export_hub_dataset
+    from ..data.schema import WAVELENGTH_FILE, write_dataset_card
+
+    root = Path(folder)
+    view = work / "upload"
+    if dataset_folder_layout(root) == "arrow":
+        export_hub_dataset(root, view, repo_id=repo_id)
+    else:
+        payload, features, sizes, shards = describe_hub_folder(root)
+        _link_files(root, shards, view)
+        (view / WAVELENGTH_FILE).write_text(json.dumps({"spectrafm": payload}))
+        write_dataset_card(view, payload, features, sizes, layout="parquet", repo_id=repo_id)
+    return view, list_checkpoint_files(view)
+
+
+def prepare_upload(folder: str | Path, repo_type: str, repo_id: str, work: Path, base_model: str | None = None,
+                   datasets: list[str] | None = None) -> tuple[Path, list[tuple[str, int]]]:
+    """(folder to upload, its listing) for a checkpoint or dataset folder; see the two ``prepare_*``."""
+    if repo_type == "dataset":
+        if base_model or datasets:
+            raise ValueError("--base-model and --dataset describe a model's lineage; a dataset repo takes neither")
+        return prepare_dataset_upload(folder, repo_id, work)
+    return prepare_model_upload(folder, repo_id, work, base_model, datasets)
+
+
+def publish_folder(stage_dir: str | Path, repo_id: str, *, revision: str | None = None,
+                   private: bool = False, commit_message: str | None = None, api=None, repo_type: str = "auto",
+                   base_model: str | None = None, datasets: list[str] | None = None):
+    """Upload a validated checkpoint or dataset folder. Returns the ``CommitInfo`` of ``upload_folder``.
+
+    Operations, in order: ``create_repo(repo_id, private=..., exist_ok=True, repo_type=...)``; if
+    ``revision``, ``create_branch(repo_id, branch=revision, exist_ok=True, repo_type=...)``;
+    ``upload_folder`` of exactly the listed files (``allow_patterns``) of the prepared folder (see
+    :func:`prepare_upload`). Errors of the Hub (auth, network, rejected upload) propagate.
+    """
+    return _publish(stage_dir, repo_id, revision=revision, private=private, commit_message=commit_message, api=api,
+                    repo_type=repo_type, base_model=base_model, datasets=datasets)[0]
+
+
+def _publish(stage_dir, repo_id, *, revision, private, commit_message, api, repo_type, base_model, datasets):
+    """:func:`publish_folder`, also returning the number of files uploaded."""
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
-    listing = validate_checkpoint_folder(stage_dir)
-    api = api or HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(stage_dir),
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message or f"Upload SpectraFM checkpoint {Path(stage_dir).name}",
-        allow_patterns=[name for name, _ in listing],
-    )
+    repo_type = resolve_repo_type(stage_dir, repo_type)
+    with tempfile.TemporaryDirectory(prefix="spectrafm-publish-") as work:
+        folder, listing = prepare_upload(stage_dir, repo_type, repo_id, Path(work), base_model, datasets)
+        api = api or HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
+        kind = "checkpoint" if repo_type == "model" else "dataset"
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=commit_message or f"Upload SpectraFM {kind} {Path(stage_dir).name}",
+            allow_patterns=[name for name, _ in listing],
+        )
+    return info, len(listing)
+
+
+def _cannot_reach_hub() -> str | None:
+    """Why an upload cannot start (offline, no token), or None."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        return ("HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it to upload, or use --dry-run to "
+                "check the folder.")
+    if get_token() is None:
+        return ("no Hugging Face token found; run `hf auth login` or set HF_TOKEN (a token with write access to "
+                "the target namespace).")
+    return None
 
 
 def run_publish(args) -> int:
-    """CLI entry: ``spectrafm publish STAGE_DIR --repo-id ORG/NAME [--revision B] [--private] [--dry-run]``.
+    """CLI entry: ``spectrafm publish FOLDER --repo-id ORG/NAME [--repo-type auto|model|dataset]
+    [--revision B] [--private] [--base-model ORG/NAME] [--dataset ORG/NAME ...] [--dry-run]``.
 
     Returns 0 on success; 1 when the Hub cannot be reached or refuses (message on stderr). Bad input
     (incomplete folder, bad repo id) raises ``ValueError``/``FileNotFoundError`` (the CLI exits 2).
     """
     check_repo_id(args.repo_id)  # before reading the folder: a bad id is refused even in a dry run
-    listing = validate_checkpoint_folder(args.stage_dir)
+    repo_type = resolve_repo_type(args.stage_dir, getattr(args, "repo_type", None) or "auto")
+    base_model, datasets = getattr(args, "base_model", None), list(getattr(args, "dataset", None) or [])
+    if base_model is not None:
+        check_repo_id(base_model)
     target = args.repo_id + (f" (branch {args.revision})" if args.revision else "")
     if args.dry_run:
-        print(f"dry run: would upload {args.stage_dir} to https://huggingface.co/{target}"
-              f"{' as a private repo' if args.private else ''}:")
-        print(format_listing(listing))
+        with tempfile.TemporaryDirectory(prefix="spectrafm-publish-") as work:
+            _, listing = prepare_upload(args.stage_dir, repo_type, args.repo_id, Path(work), base_model, datasets)
+            print(f"dry run: would upload {args.stage_dir} to https://huggingface.co/"
+                  f"{'datasets/' if repo_type == 'dataset' else ''}{target} as a {repo_type} repo"
+                  f"{' (private)' if args.private else ''}:")
+            print(format_listing(listing))
         return 0
-
-    from huggingface_hub import constants, get_token
-
-    if constants.HF_HUB_OFFLINE:
-        print("spectrafm publish: error: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it "
-              "to upload, or use --dry-run to check the folder.", file=sys.stderr)
-        return 1
-    if get_token() is None:
-        print("spectrafm publish: error: no Hugging Face token found; run `hf auth login` or set HF_TOKEN "
-              "(a token with write access to the target namespace).", file=sys.stderr)
+    problem = _cannot_reach_hub()
+    if problem:
+        print(f"spectrafm publish: error: {problem}", file=sys.stderr)
         return 1
     try:
-        info = publish_folder(args.stage_dir, args.repo_id, revision=args.revision, private=args.private,
-                              commit_message=args.commit_message)
+        info, n_files = _publish(args.stage_dir, args.repo_id, revision=args.revision, private=args.private,
+                                 commit_message=args.commit_message, api=None, repo_type=repo_type,
+                                 base_model=base_model, datasets=datasets)
     except (ValueError, FileNotFoundError):
         raise
     except Exception as err:  # any Hub/network failure: report it, never a half-silent traceback
@@ -197,7 +341,5 @@ def run_publish(args) -> int:
               "then re-run.", file=sys.stderr)
         return 1
     url = getattr(info, "commit_url", None) or f"https://huggingface.co/{args.repo_id}"
-    print(f"uploaded {len(listing)} files to {target}: {url}")
+    print(f"uploaded {n_files} files to {target}: {url}")
     return 0
-
-
