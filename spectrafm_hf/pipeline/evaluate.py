@@ -43,10 +43,15 @@ class Evaluation:
             Fe-window models; "stage2_all_labels" → label → (N_test,) physical units.
         models: metrics.json's ``models`` entry: model → {"pixels": [first, last], "labels": {label:
             evaluate_label(...)}} (descriptions are added by the report).
+        stage2: stage 2 on its own pixels, label → {"true", "pred", "sigma"} (N_test,) physical units.
+        test_stars: the test stars' true labels (label → (N_test,), NaN = unknown) and "snr" (N_test,),
+            the S/N per pixel (:func:`snr_per_pixel`), for the report's residual figures.
     """
 
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage2: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    test_stars: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def evaluate_models(config: PipelineConfig, data: PipelineData, out: Path, trained: Mapping[str, Any],
@@ -54,9 +59,26 @@ def evaluate_models(config: PipelineConfig, data: PipelineData, out: Path, train
     """Score every model: transformers of ``trained`` (stage folders) and zero-shot stages, then the
     ``fitted`` baselines, in the Fe window; then stage 2 on its own pixels."""
     evaluation = _evaluate_fe_window(config, data, out, trained, fitted)
-    evaluation.models["stage2"], stage2_predictions = _evaluate_stage2(config, data, out)
-    evaluation.predictions["stage2_all_labels"] = stage2_predictions
+    evaluation.models["stage2"], evaluation.stage2 = _evaluate_stage2(config, data, out)
+    evaluation.predictions["stage2_all_labels"] = {label: p["pred"] for label, p in evaluation.stage2.items()}
+    evaluation.test_stars = {**{label: data.test.labels[label] for label in LABELS if label in data.test.labels},
+                             "snr": snr_per_pixel(data.test)}
     return evaluation
+
+
+def snr_per_pixel(data: WindowData) -> np.ndarray:
+    """(N,) signal-to-noise per pixel of each star: 1 / median flux error over its valid pixels.
+
+    Continuum-normalised flux is ≈ 1, so this is the continuum S/N. For the simulator it equals the
+    ``snr`` column (flux_err = 1/snr outside the blue chip, which holds 40 % of the pixels). NaN for a
+    star without any valid, positive flux error.
+    """
+    error = np.where(~data.mask & (data.flux_err > 0), data.flux_err.astype(np.float64), np.nan)
+    valid = np.isfinite(error).any(axis=1)
+    median = np.full(len(data), np.nan)
+    if valid.any():
+        median[valid] = np.nanmedian(error[valid], axis=1)
+    return 1.0 / median
 
 
 def _evaluate_fe_window(config: PipelineConfig, data: PipelineData, out: Path, trained: Mapping[str, Any],
@@ -87,8 +109,9 @@ def _evaluate_fe_window(config: PipelineConfig, data: PipelineData, out: Path, t
     return evaluation
 
 
-def _evaluate_stage2(config: PipelineConfig, data: PipelineData, out: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Stage 2 on the first half, all five labels: (its ``models`` entry, label → (N_test,) predictions)."""
+def _evaluate_stage2(config: PipelineConfig, data: PipelineData, out: Path) -> tuple[dict, dict[str, dict]]:
+    """Stage 2 on the first half, all five labels: (its ``models`` entry, label → {"true", "pred",
+    "sigma"} (N_test,) physical units)."""
     from ..checkpoints import load_model
     from ..training.evaluation import evaluate_label
     from ..training.stages import predict
@@ -104,7 +127,8 @@ def _evaluate_stage2(config: PipelineConfig, data: PipelineData, out: Path) -> t
         label: evaluate_label(*test_predictions[label], test.labels[label], data.true_feh,
                               *val_predictions[label], validation.labels[label])
         for label in LABELS}}
-    return entry, {label: test_predictions[label][0] for label in LABELS}
+    return entry, {label: {"true": test.labels[label], "pred": test_predictions[label][0],
+                           "sigma": test_predictions[label][1]} for label in LABELS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,4 +168,13 @@ def _analysis(model_dir: Path, test: WindowData, window: slice, window_name: str
     result = analyse_model(model_dir, stars, queries, batch_size=int(batch_size),
                            core_half_width_A=float(core_half_width_A))
     result["window"] = window_name
+    result["mean_flux"] = mean_spectrum(stars).tolist()  # drawn under the attention in the report
     return result
+
+
+def mean_spectrum(data: WindowData) -> np.ndarray:
+    """(P,) mean flux over stars, bad pixels excluded; NaN where no star has a valid pixel."""
+    good = ~data.mask & np.isfinite(data.flux)
+    total = np.where(good, data.flux, 0.0).sum(axis=0, dtype=np.float64)
+    count = good.sum(axis=0)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)

@@ -1,4 +1,5 @@
-"""The run report: ``metrics.json``, ``report.md`` and its figures.
+"""The run report: ``metrics.json`` and the text of ``report.md`` (figures: :mod:`.report_figures`;
+the HTML version: :mod:`.report_html`, built from the same blocks).
 
 ``metrics.json`` layout (schema_version 1). The top-level ``stage1``/``stage2``/``stage3`` entries are the
 flat per-label form that :mod:`spectrafm_hf.hub.cards` renders into each stage's ``model-index``; the
@@ -17,7 +18,10 @@ flat per-label form that :mod:`spectrafm_hf.hub.cards` renders into each stage's
                                            "calibration": {"before": {bin: {...}}, "scale": k,
                                                            "after": {bin: {...}}}}}}
       },
-      "test_set": {...}, "attention": {...}, "attention_first_half": {...}, "acceptance": {...},
+      "test_set": {"n", "n_feh_known", "n_feh_lt_-1", "n_feh_lt_-1.5", "n_observed_split",
+                   "n_iron_poor_supplement", "description"},
+      "attention": {...}, "attention_first_half": {...},   # profiles per query (+ "mean_flux")
+      "acceptance": {...},
       "timings_s": {...}, "run": {...}
     }
 
@@ -28,10 +32,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from ..data.labels import LABEL_DISPLAY_NAMES, LABEL_UNITS, LABELS
 
 BIN_TITLES = {
     "all": "all",
@@ -90,85 +98,15 @@ def write_metrics(path: str | Path, metrics: Mapping) -> Path:
             return None
         return value
 
-    path.write_text(json.dumps(clean(metrics), indent=2, default=_json_default) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(clean(metrics), indent=2, default=_json_default) + "\n")
 
 
-# ----------------------------------------------------------------------------------------------
-# Figures
-# ----------------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["text.usetex"] = False  # TheCannon switches it on at import; LaTeX may be absent
-    return plt
-
-
-def plot_predicted_vs_true(predictions: Mapping[str, Mapping[str, np.ndarray]], path: Path, label: str = "FE_H"):
-    """The paper's key figure: predicted vs true [Fe/H], one panel per model, iron-poor stars highlighted.
-
-    ``predictions[model] = {"true": (N,), "pred": (N,), "sigma": (N,)}`` in dex.
-    """
-    plt = _pyplot()
-    names = list(predictions)
-    cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
-    all_true = np.concatenate([np.asarray(p["true"]) for p in predictions.values()])
-    lo, hi = np.nanmin(all_true) - 0.2, np.nanmax(all_true) + 0.2
-    for ax, name in zip(axes.flat, names):
-        true, pred = np.asarray(predictions[name]["true"]), np.asarray(predictions[name]["pred"])
-        poor = true < -1
-        ax.scatter(true[~poor], pred[~poor], s=3, alpha=0.4, color="tab:blue", label="[Fe/H] ≥ −1")
-        ax.scatter(true[poor], pred[poor], s=4, alpha=0.6, color="tab:red", label="[Fe/H] < −1")
-        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
-        ax.axvline(-1, color="gray", ls=":", lw=0.8)
-        ok = poor & np.isfinite(pred)
-        rmse_poor = float(np.sqrt(np.mean((pred[ok] - true[ok]) ** 2))) if ok.any() else float("nan")
-        ax.set_title(f"{name}\nRMSE([Fe/H]<−1) = {rmse_poor:.3f} dex", fontsize=9)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_xlabel(f"true {label} (dex)")
-        ax.set_ylabel(f"predicted {label} (dex)")
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    axes.flat[0].legend(loc="upper left", fontsize=7, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_residuals(predictions: Mapping[str, Mapping[str, np.ndarray]], path: Path, label: str = "FE_H"):
-    """Residual (predicted − true) vs true [Fe/H], with the running median per model."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    edges = np.arange(-3.0, 1.01, 0.25)
-    for name, p in predictions.items():
-        true, pred = np.asarray(p["true"]), np.asarray(p["pred"])
-        residual = pred - true
-        ax.scatter(true, residual, s=1.5, alpha=0.15)
-        centres, medians = [], []
-        for a, b in zip(edges[:-1], edges[1:]):
-            inside = (true >= a) & (true < b) & np.isfinite(residual)
-            if inside.sum() >= 5:
-                centres.append(0.5 * (a + b))
-                medians.append(np.median(residual[inside]))
-        ax.plot(centres, medians, lw=2, label=name)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.axvline(-1, color="gray", ls=":", lw=0.8)
-    ax.set_ylim(-1.5, 1.5)
-    ax.set_xlabel(f"true {label} (dex)")
-    ax.set_ylabel("predicted − true (dex); lines: running median")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary name in the same folder (never half a file)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
     return path
 
 
@@ -180,203 +118,357 @@ def read_metrics_log(path: Path) -> list[dict]:
     return [r for r in records if "config" not in r]
 
 
-def plot_training_curves(stage_dirs: Mapping[str, Path], path: Path):
-    """Training loss (and the selection metric) vs step, one panel per stage."""
-    plt = _pyplot()
-    names = [n for n in stage_dirs if read_metrics_log(Path(stage_dirs[n]) / "metrics.jsonl")]
-    if not names:
-        return None
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        records = read_metrics_log(Path(stage_dirs[name]) / "metrics.jsonl")
-        train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
-        if train:
-            ax.plot(*zip(*train), lw=1, label="train loss (NLL)")
-        evals = [(r["step"], r[k]) for r in records for k in r if k.startswith("eval/")]
-        eval_keys = sorted({k for r in records for k in r if k.startswith("eval/")})
-        twin = ax.twinx() if eval_keys else None
-        for key in eval_keys:
-            points = [(r["step"], r[key]) for r in records if key in r]
-            twin.plot(*zip(*points), "o-", ms=3, color="tab:red", label=key)
-        if twin is not None:
-            twin.legend(loc="upper right", fontsize=7)
-        del evals
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_calibration(predictions: Mapping[str, Mapping[str, np.ndarray]], scales: Mapping[str, float], path: Path):
-    """Histogram of z-scores before/after the validation-fitted variance scale, per model with σ."""
-    plt = _pyplot()
-    names = [n for n in predictions if n in scales]
-    if not names:
-        return None
-    fig, axes = plt.subplots(1, len(names), figsize=(4.0 * len(names), 3.4), squeeze=False)
-    grid = np.linspace(-5, 5, 201)
-    for ax, name in zip(axes.flat, names):
-        p = predictions[name]
-        z = (np.asarray(p["pred"]) - np.asarray(p["true"])) / np.asarray(p["sigma"])
-        z = z[np.isfinite(z)]
-        bins = np.linspace(-5, 5, 41)
-        ax.hist(np.clip(z, -5, 5), bins=bins, density=True, histtype="step", label="raw σ")
-        ax.hist(np.clip(z / scales[name], -5, 5), bins=bins, density=True, histtype="step",
-                label=f"σ × {scales[name]:.2f}")
-        ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", lw=0.8, label="N(0,1)")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("z = (pred − true)/σ")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_attention(attention: Mapping, path: Path):
-    """Mean decoder cross-attention over wavelength per query, with that element's line cores marked.
-
-    ``attention["profiles"][query] = {"wavelength": (P,), "weight": (P,), "line_wavelengths": [...],
-    "enrichment": float}``.
-    """
-    plt = _pyplot()
-    profiles = attention.get("profiles", {})
-    if not profiles:
-        return None
-    fig, axes = plt.subplots(len(profiles), 1, figsize=(10, 2.4 * len(profiles)), squeeze=False, sharex=True)
-    for ax, (query, profile) in zip(axes[:, 0], profiles.items()):
-        wavelength, weight = np.asarray(profile["wavelength"]), np.asarray(profile["weight"])
-        ax.plot(wavelength, weight, lw=0.8, color="k")
-        for line in profile.get("line_wavelengths", []):
-            ax.axvline(line, color="tab:orange", lw=0.6, alpha=0.7)
-        ax.set_ylabel("attention")
-        ax.set_title(
-            f"{query} query: enrichment on {profile.get('element', '?')} line cores = "
-            f"{profile.get('enrichment', float('nan')):.2f} "
-            f"(shuffled control {profile.get('enrichment_control', float('nan')):.2f})",
-            fontsize=9,
-        )
-    axes[-1, 0].set_xlabel("vacuum wavelength (Å)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------------------
-# Markdown
+# The report as blocks (rendered to Markdown here, to HTML by report_html)
 # ----------------------------------------------------------------------------------------------
 
 
-def _fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Paragraph:
+    """A paragraph; inline ``**bold**`` and ```code``` only."""
+
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Figure:
+    """A figure of the report: ``key`` in the figures mapping (its PNG), with a caption."""
+
+    key: str
+    caption: str
+
+
+#: Baselines the stage-3 model is compared with (the paper's: trained on the same 100 stars).
+BASELINES = ("scratch_mlp", "scratch_transformer", "ridge", "cannon")
+
+
+def _num(value) -> float:
+    """A metrics.json number as float (null → NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _fmt(value, digits=3, signed=False):
+    value = _num(value) if not isinstance(value, int) else value
     if isinstance(value, int):
         return str(value)
-    return f"{value:.{digits}f}"
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def model_table(models: Mapping, label: str = "FE_H") -> str:
-    """Markdown table: per model, n / RMSE / bias / σ_MAD per [Fe/H] bin and calibration."""
+def label_with_unit(label: str) -> str:
+    """``"Teff (K)"``, ``"[Fe/H] (dex)"``: display name and unit for tables."""
+    return f"{LABEL_DISPLAY_NAMES[label]} ({LABEL_UNITS[label].split(' ')[0]})"
+
+
+def display_check_name(name: str) -> str:
+    """A check name of metrics.json with label names typeset (``FE_H`` → ``[Fe/H]``)."""
+    for label in LABELS:
+        name = name.replace(label, LABEL_DISPLAY_NAMES[label])
+    return name
+
+
+def test_set_counts(metrics: Mapping) -> dict:
+    """Test-set composition: n, n with known [Fe/H], below −1 and −1.5, supplement size (None = unknown).
+
+    Read from ``test_set`` (older runs lack some keys: they are then taken from stage 3's bin counts).
+    """
+    test_set = metrics.get("test_set", {})
+    bins = next((m["labels"]["FE_H"]["bins"] for m in metrics.get("models", {}).values()
+                 if "FE_H" in m.get("labels", {})), {})
+    return {
+        "n": test_set.get("n"),
+        "n_known": test_set.get("n_feh_known", bins.get("all", {}).get("n")),
+        "n_poor": test_set.get("n_feh_lt_-1", bins.get("feh_lt_-1", {}).get("n")),
+        "n_very_poor": test_set.get("n_feh_lt_-1.5", bins.get("feh_lt_-1.5", {}).get("n")),
+        "n_supplement": test_set.get("n_iron_poor_supplement"),
+    }
+
+
+def composition_sentence(metrics: Mapping) -> str:
+    """One sentence stating the test set's size and how many stars are iron-poor (next to every number)."""
+    c = test_set_counts(metrics)
+    if c["n"] is None:
+        return ""
+    text = f"**Test set:** {c['n']} simulated stars"
+    if c["n_known"] is not None and c["n_known"] != c["n"]:
+        text += f" ({c['n_known']} with a known [Fe/H])"
+    if c["n_poor"] is not None:
+        share = 100 * c["n_poor"] / max(c["n_known"] or c["n"], 1)
+        text += f"; {c['n_poor']} ({share:.0f} %) with [Fe/H] < −1"
+        if c["n_very_poor"] is not None:
+            text += f", {c['n_very_poor']} below −1.5"
+    if c["n_supplement"]:
+        text += (f". {c['n_supplement']} of them were drawn from the prior restricted to [Fe/H] < −1, so the "
+                 "'all stars' numbers weigh iron-poor stars far more than an APOGEE-like sample (≈ 2.5 % below "
+                 "−1) would; compare the per-bin columns")
+    return text + "."
+
+
+def _fe_bins(models: Mapping, name: str) -> Mapping:
+    return models[name]["labels"]["FE_H"]["bins"]
+
+
+def accuracy_findings(models: Mapping) -> list[str]:
+    """Plain-language comparison of stage 3 with the best baseline, per [Fe/H] regime; negatives say so."""
+    if "stage3" not in models:
+        return []
+    baselines = [n for n in BASELINES if n in models and "FE_H" in models[n].get("labels", {})]
+    s3 = _fe_bins(models, "stage3")
+    items = []
+    for key, regime in (("feh_lt_-1", "iron-poor stars ([Fe/H] < −1"), ("feh_ge_-1", "iron-rich stars ([Fe/H] ≥ −1")):
+        if not baselines:
+            break
+        best = min(baselines, key=lambda n: _num(_fe_bins(models, n)[key]["rmse"]))
+        ours, theirs = _num(s3[key]["rmse"]), _num(_fe_bins(models, best)[key]["rmse"])
+        text = (f"On {regime}, n = {s3[key]['n']}): stage 3 [Fe/H] RMSE {_fmt(ours)} dex (bias "
+                f"{_fmt(s3[key]['bias'], signed=True)}), best baseline {best} {_fmt(theirs)} dex.")
+        if ours > theirs:
+            text += (f" **Negative result:** here stage 3 is worse than {best}, by {100 * (ours / theirs - 1):.0f} %"
+                     " in RMSE.")
+        items.append(text)
+    calibration = models["stage3"]["labels"]["FE_H"].get("calibration", {})
+    before, after = calibration.get("before", {}).get("all", {}), calibration.get("after", {}).get("all", {})
+    if before:
+        items.append(f"Stage 3's predicted σ cover {_fmt(before.get('coverage_68'), 2)} of the test stars within "
+                     f"±1σ (0.68 if calibrated); {_fmt(after.get('coverage_68'), 2)} after multiplying σ by the "
+                     f"validation-fitted {_fmt(calibration.get('scale'), 2)}.")
+    return items
+
+
+def attention_sentences(metrics: Mapping) -> list[str]:
+    """One sentence per attention query; where the enrichment is not above its shuffled control the
+    sentence starts with "Negative result"."""
+    sentences = []
+    for key in ("attention", "attention_first_half"):
+        analysis = metrics.get(key) or {}
+        for query, profile in analysis.get("profiles", {}).items():
+            name, element = LABEL_DISPLAY_NAMES.get(query, query), profile.get("element", "?")
+            value, control = _num(profile.get("enrichment")), _num(profile.get("enrichment_control"))
+            where = f"{analysis.get('model', '?')} ({analysis.get('window', '?')})"
+            if not (math.isfinite(value) and math.isfinite(control)):
+                sentences.append(f"{where}: no {element} line in the window, so the {name} query's "
+                                 "enrichment is not measured.")
+            elif value > control:
+                sentences.append(f"{where}: the {name} query puts {value:.2f}× the uniform attention on {element} "
+                                 f"line cores, above its shuffled control ({control:.2f}×).")
+            else:
+                below_uniform = ", and even below uniform attention" if value < 1 else ""
+                sentences.append(
+                    f"**Negative result** — {where}: the {name} query puts only {value:.2f}× the uniform attention "
+                    f"on {element} line cores, below its shuffled control ({control:.2f}×, as many lines of other "
+                    f"species){below_uniform}. This analysis gives no evidence that the model reads {name} from "
+                    f"{element} lines.")
+    return sentences
+
+
+def unmet_targets(metrics: Mapping) -> list[str]:
+    """A "Not met" sentence for each target check that failed."""
+    return [f"**Not met:** {display_check_name(name)} = {_fmt(check.get('value'))} (target {check.get('target')})."
+            for name, check in (metrics.get("acceptance") or {}).items() if not check.get("pass")]
+
+
+def fe_window_table(models: Mapping, metrics: Mapping) -> Table:
+    """Per Fe-window model: RMSE per [Fe/H] bin (with n), iron-poor bias, σ_MAD and calibration."""
     bins = ["all", "feh_ge_-1", "feh_lt_-1", "feh_lt_-1.5"]
-    header = ["model"] + [f"RMSE {BIN_TITLES[b]}" for b in bins] + [
-        "bias [Fe/H]<−1", "σ_MAD [Fe/H]≥−1", "z std (raw)", "68 % cov. raw → calibrated", "95 % cov. calibrated"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, model in models.items():
-        entry = model.get("labels", {}).get(label)
-        if entry is None:
-            continue
-        stats = entry["bins"]
-        calibration = entry.get("calibration", {})
+    names = [n for n, m in models.items() if "FE_H" in m.get("labels", {}) and n != "stage2"]
+    counts = _fe_bins(models, names[0]) if names else {}
+    header = ["model"] + [f"RMSE {BIN_TITLES[b]} (n={counts.get(b, {}).get('n', '?')})" for b in bins] + [
+        "bias [Fe/H] < −1", "σ_MAD [Fe/H] ≥ −1", "z std (σ as predicted)", "68 % coverage: as predicted → scaled",
+        "95 % coverage scaled"]
+    table = Table(header)
+    for name in names:
+        entry = models[name]["labels"]["FE_H"]
+        stats, calibration = entry["bins"], entry.get("calibration", {})
         before = calibration.get("before", {}).get("all", {})
         after = calibration.get("after", {}).get("all", {})
-        row = [name] + [_fmt(stats[b]["rmse"]) for b in bins] + [
-            _fmt(stats["feh_lt_-1"]["bias"]), _fmt(stats["feh_ge_-1"]["sigma_mad"]), _fmt(before.get("z_std"), 2),
-            f"{_fmt(before.get('coverage_68'), 2)} → {_fmt(after.get('coverage_68'), 2)}",
-            _fmt(after.get("coverage_95"), 2),
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        table.rows.append([name] + [_fmt(stats[b]["rmse"]) for b in bins] + [
+            _fmt(stats["feh_lt_-1"]["bias"], signed=True), _fmt(stats["feh_ge_-1"]["sigma_mad"]),
+            _fmt(before.get("z_std"), 2), f"{_fmt(before.get('coverage_68'), 2)} → {_fmt(after.get('coverage_68'), 2)}",
+            _fmt(after.get("coverage_95"), 2)])
+    return table
 
 
-def stage2_table(stage2: Mapping) -> str:
-    """Markdown table of stage-2 accuracy on all five labels (physical units)."""
-    lines = ["| label | RMSE all | bias all | σ_MAD all | RMSE [Fe/H]<−1 |", "|---|---|---|---|---|"]
+def stage2_table(stage2: Mapping) -> Table:
+    """Stage-2 accuracy and calibration on all five labels, in each label's unit."""
+    table = Table(["label", "RMSE all", "bias all", "σ_MAD all", "RMSE [Fe/H] < −1",
+                   "68 % coverage: as predicted → scaled"])
     for label, entry in stage2.get("labels", {}).items():
-        stats = entry["bins"]
-        lines.append(
-            f"| {label} | {_fmt(stats['all']['rmse'])} | {_fmt(stats['all']['bias'])} | "
-            f"{_fmt(stats['all']['sigma_mad'])} | {_fmt(stats['feh_lt_-1']['rmse'])} |"
-        )
+        stats, calibration = entry["bins"], entry.get("calibration", {})
+        digits = 0 if LABEL_UNITS.get(label, "").startswith("K") else 3
+        table.rows.append([
+            label_with_unit(label), _fmt(stats["all"]["rmse"], digits), _fmt(stats["all"]["bias"], digits, True),
+            _fmt(stats["all"]["sigma_mad"], digits), _fmt(stats["feh_lt_-1"]["rmse"], digits),
+            f"{_fmt(calibration.get('before', {}).get('all', {}).get('coverage_68'), 2)} → "
+            f"{_fmt(calibration.get('after', {}).get('all', {}).get('coverage_68'), 2)}"])
+    return table
+
+
+def attention_table(metrics: Mapping) -> Table:
+    """Enrichment vs shuffled control per analysed query, with a plain verdict column."""
+    table = Table(["model", "window", "stars", "query", "element", "lines", "enrichment", "shuffled control",
+                   "core fraction", "verdict"])
+    for key in ("attention", "attention_first_half"):
+        analysis = metrics.get(key) or {}
+        for query, p in analysis.get("profiles", {}).items():
+            value, control = _num(p.get("enrichment")), _num(p.get("enrichment_control"))
+            verdict = ("not measured" if not (math.isfinite(value) and math.isfinite(control))
+                       else "above control" if value > control else "**below control (negative)**")
+            table.rows.append([str(analysis.get("model", "?")), str(analysis.get("window", "?")),
+                               str(analysis.get("n_stars", "?")), LABEL_DISPLAY_NAMES.get(query, query),
+                               str(p.get("element")), str(p.get("n_lines")), _fmt(value, 2), _fmt(control, 2),
+                               _fmt(p.get("core_fraction"), 3), verdict])
+    return table
+
+
+def simple_tables(metrics: Mapping) -> dict[str, Table]:
+    """The models, targets and timings tables (those present in ``metrics``)."""
+    tables = {}
+    models = metrics.get("models", {})
+    if models:
+        tables["models"] = Table(["model", "pixels", "what it is"], [
+            [name, "–".join(str(p) for p in m.get("pixels", [])), str(m.get("description", name))]
+            for name, m in models.items()])
+    if metrics.get("acceptance"):
+        tables["targets"] = Table(["check", "value", "target", "met"], [
+            [display_check_name(name), _fmt(c.get("value")), str(c.get("target")),
+             "yes" if c.get("pass") else "**no**"] for name, c in metrics["acceptance"].items()])
+    if metrics.get("timings_s"):
+        tables["timings"] = Table(["step", "wall seconds"],
+                                  [[k, f"{_num(v):.1f}"] for k, v in metrics["timings_s"].items()])
+    return tables
+
+
+#: Captions of the figures (key of the figures mapping → caption).
+CAPTIONS = {
+    "pred_vs_true": "Predicted vs true [Fe/H] of every Fe-window model on the test stars. Dots: every star "
+                    "(red: [Fe/H] < −1); open circles with bars: 60 random stars with their predicted ±1σ; "
+                    "triangles: predictions beyond the axis, drawn at the edge. RMSE and bias (median "
+                    "residual) in dex.",
+    "residuals": "[Fe/H] residual (predicted − true) against true [Fe/H], T_eff and S/N: running medians "
+                 "(equal-count bins) of every model; stage 3's stars and 16–84 % band. The y-range encloses "
+                 "every running median; points beyond it are drawn at the edge as triangles.",
+    "stage2_one_to_one": "Stage 2 on its own pixels (0–3756): predicted vs true for each of the five labels, "
+                         "with ±1σ error bars on 60 random stars.",
+    "kiel": "Kiel diagram (T_eff against log g, both axes reversed as usual) coloured by [Fe/H]: true labels "
+            "(left) and stage 2's predictions of all three (right), on one colour scale.",
+    "coverage": "Fraction of test stars whose truth lies within the central Gaussian interval of the predicted "
+                "σ, against the interval's nominal probability; the diagonal is perfect calibration. Left: σ "
+                "as predicted; middle: σ times the scale fitted on validation stars; right: stage 2's labels.",
+    "attention": "Stage 3's [Fe/H]-query attention over the Fe window (log scale, relative to uniform), under "
+                 "the mean spectrum of the same stars. Orange ticks: the Fe lines counted; dashed: mean "
+                 "attention on Fe line cores and on the cores of as many lines of shuffled species (control); "
+                 "the strongest peaks are named from the simulator's line list (species, vacuum Å).",
+    "attention_first_half": "Stage 2's attention over its first half, for the [Fe/H], [Mg/Fe] and [O/Fe] "
+                            "queries, under the mean spectrum; the chip gap (15800–15868 Å) is left blank.",
+    "training_curves": "Training curves: Gaussian negative log-likelihood per label in standardised units "
+                       "(training loss, with its running mean, and validation loss), the validation RMSE in "
+                       "physical units where the stage selects on it, and the checkpoint kept.",
+}
+
+
+def _figure_blocks(figures: Mapping[str, Path | None], keys: Sequence[str]) -> list:
+    return [Figure(key, CAPTIONS[key]) for key in keys if figures.get(key)]
+
+
+def _intro_blocks(metrics: Mapping) -> list:
+    run = metrics.get("run", {})
+    blocks: list = [Heading("SpectraFM pipeline report", 1), Paragraph(
+        f"Config `{run.get('config', '?')}`, seed {run.get('seed', '?')}, stage-3 trainer "
+        f"`{run.get('stage3_trainer', 'accelerate')}`. All data are **simulated** (the built-in APOGEE simulator); "
+        "the numbers do not transfer to real APOGEE spectra.")]
+    blocks += [Heading("Test set"), Paragraph(metrics.get("test_set", {}).get("description", "")),
+               Paragraph(composition_sentence(metrics))]
+    findings = accuracy_findings(metrics.get("models", {})) + attention_sentences(metrics) + unmet_targets(metrics)
+    if findings:
+        blocks += [Heading("Findings"), Bullets(findings)]
+    return blocks
+
+
+def report_blocks(metrics: Mapping, figures: Mapping[str, Path | None]) -> list:
+    """The whole report as blocks, from metrics.json's dict and the figure paths by key."""
+    models, tables = metrics.get("models", {}), simple_tables(metrics)
+    composition = Paragraph(composition_sentence(metrics))
+    blocks = _intro_blocks(metrics)
+    blocks += [Heading("[Fe/H] in the 16106–16220 Å window (pixels 4107–4618): stage 3 vs baselines"), Paragraph(
+        "Every model below was trained on the SAME 100 observed stars with [Fe/H] > −1 and selected on iron-rich "
+        "validation stars only; residuals are predicted − true in dex; bias is the median residual. 'Scaled' "
+        "multiplies σ by one variance scale per model, fitted on the validation set."), composition,
+        fe_window_table(models, metrics)]
+    blocks += _figure_blocks(figures, ("pred_vs_true", "residuals"))
+    if "stage2" in models:
+        blocks += [Heading("Stage 2 on all five labels (observed spectra, pixels 0–3756)"), composition,
+                   stage2_table(models["stage2"])]
+        blocks += _figure_blocks(figures, ("stage2_one_to_one", "kiel"))
+    if figures.get("coverage"):
+        blocks += [Heading("Uncertainties: coverage against nominal level")] + _figure_blocks(figures, ("coverage",))
+    attention = attention_table(metrics)
+    if attention.rows:
+        blocks += [Heading("Where the label queries look: attention on element lines"), Paragraph(
+            "Enrichment: the attention mass on pixels within ±0.4 Å of that element's line cores divided by the "
+            "fraction of pixels that are such cores (1 = no preference). Control: the same for as many lines "
+            "drawn from the other species (mean of 50 shuffles). An enrichment above its control means the "
+            "query prefers that element's lines to absorption lines in general; a verdict 'below control' is a "
+            "negative result (see Findings)."), attention]
+        blocks += _figure_blocks(figures, ("attention", "attention_first_half"))
+    if "targets" in tables:
+        blocks += [Heading("Targets"), Paragraph("The project's acceptance targets: the paper's claims, expressed "
+                                                 "against the baselines. The pipeline measures them; nothing in it "
+                                                 "is tuned to meet them."), tables["targets"]]
+    if figures.get("training_curves"):
+        blocks += [Heading("Training")] + _figure_blocks(figures, ("training_curves",))
+    for key, title in (("models", "Models"), ("timings", "Step timings")):
+        if key in tables:
+            blocks += [Heading(title), tables[key]]
+    return blocks
+
+
+def _markdown_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: Sequence, figures: Mapping[str, Path | None]) -> str:
+    """Markdown of ``blocks``; figures are linked by file name (they sit beside report.md)."""
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Paragraph):
+            lines += [block.text, ""] if block.text else []
+        elif isinstance(block, Bullets):
+            lines += [f"- {item}" for item in block.items] + [""]
+        elif isinstance(block, Table):
+            lines.append("| " + " | ".join(_markdown_cell(h) for h in block.header) + " |")
+            lines.append("|" + "---|" * len(block.header))
+            lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in block.rows]
+            lines.append("")
+        elif isinstance(block, Figure):
+            name = Path(figures[block.key]).name
+            lines += [f"![{block.key}]({name})", "", f"*{block.caption}*", ""]
     return "\n".join(lines)
 
 
 def write_report(out_dir: Path, metrics: Mapping, figures: Mapping[str, Path | None]) -> Path:
     """Write ``report.md`` from ``metrics`` (the dict that goes to metrics.json) and figure paths."""
-    out_dir = Path(out_dir)
-    models = metrics.get("models", {})
-    parts = ["# SpectraFM pipeline report", ""]
-    run = metrics.get("run", {})
-    parts += [
-        f"Config `{run.get('config', '?')}`, seed {run.get('seed', '?')}, stage-3 trainer "
-        f"`{run.get('stage3_trainer', 'accelerate')}`. All data are **simulated** (built-in APOGEE simulator); "
-        "numbers do not transfer to real APOGEE spectra.",
-        "",
-        "## Test set",
-        "",
-        metrics.get("test_set", {}).get("description", ""),
-        "",
-        "## [Fe/H] in the 16106–16220 Å window (pixels 4107–4618)",
-        "",
-        "Every model below was trained on the SAME 100 observed stars with [Fe/H] > −1 and selected on "
-        "iron-rich validation stars only; residuals are predicted − true in dex. 'Calibrated' uses one "
-        "variance scale per model fitted on the validation set.",
-        "",
-        model_table({k: v for k, v in models.items() if "FE_H" in v.get("labels", {}) and k != "stage2"}),
-        "",
-    ]
-    for key, title in (("pred_vs_true", "Predicted vs true [Fe/H]"), ("residuals", "Residuals vs [Fe/H]"),
-                       ("calibration", "Calibration"), ("training_curves", "Training curves"),
-                       ("attention", "Decoder cross-attention (stage 3, Fe window)"),
-                       ("attention_first_half", "Decoder cross-attention (stage 2, first half of the spectrum)")):
-        if figures.get(key):
-            parts += [f"### {title}", "", f"![{title}]({Path(figures[key]).name})", ""]
-    if "stage2" in models:
-        parts += ["## Stage 2 (observed, first half of the spectrum) on all five labels", "",
-                  stage2_table(models["stage2"]), ""]
-    analyses = [metrics[key] for key in ("attention", "attention_first_half") if metrics.get(key)]
-    if analyses:
-        parts += ["## Attention enrichment", "",
-                  "Attention mass on pixels within that element's line cores divided by the fraction of "
-                  "pixels that are such cores (1 = no preference); control: the same with the line list "
-                  "of a shuffled element assignment. '–': no line of that element in the window.", "",
-                  "| model | window | stars | query | element | lines | enrichment | shuffled control "
-                  "| core fraction |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for analysis in analyses:
-            for query, profile in analysis.get("profiles", {}).items():
-                parts.append(
-                    f"| {analysis.get('model', '?')} | {analysis.get('window', '?')} "
-                    f"| {analysis.get('n_stars', '?')} | {query} | {profile.get('element')} "
-                    f"| {profile.get('n_lines')} | {_fmt(profile.get('enrichment'), 2)} "
-                    f"| {_fmt(profile.get('enrichment_control'), 2)} | {_fmt(profile.get('core_fraction'), 3)} |"
-                )
-        parts.append("")
-    acceptance = metrics.get("acceptance")
-    if acceptance:
-        parts += ["## Acceptance checks (issue 5)", "", "| check | value | target | pass |", "|---|---|---|---|"]
-        for name, check in acceptance.items():
-            verdict = "yes" if check.get("pass") else "NO"
-            parts.append(f"| {name} | {_fmt(check.get('value'))} | {check.get('target')} | {verdict} |")
-        parts.append("")
-    timings = metrics.get("timings_s", {})
-    if timings:
-        parts += ["## Step timings (wall seconds)", "", "| step | seconds |", "|---|---|"]
-        parts += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-        parts.append("")
-    path = out_dir / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    text = render_markdown(report_blocks(metrics, figures), figures)
+    return write_text_atomic(Path(out_dir) / "report.md", text)
