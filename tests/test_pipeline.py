@@ -52,6 +52,14 @@ def test_pipeline_writes_checkpoints_metrics_and_report(tiny_run):
     report = (out / "report.md").read_text()
     assert "pred_vs_true_feh.png" in report and (out / "pred_vs_true_feh.png").exists()
     assert "attention_first_half.png" in report and (out / "attention_first_half.png").exists()
+    # what the report is rebuilt from (spectrafm report): stage 2 with σ, the test stars' truths and S/N
+    with __import__("numpy").load(out / "predictions.npz") as saved:
+        assert {"stage2__TEFF__sigma", "stage2__LOGG__true", "test__snr", "stage3__pred"} <= set(saved.files)
+        assert (saved["test__snr"] > 0).all()
+    assert len(metrics["attention_first_half"]["mean_flux"]) == 3757
+    from spectrafm_hf.training.report_html import check_html_report
+
+    assert len(check_html_report(out / "report.html")["images"]) == 8  # every figure, embedded
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) >= {"stage 1 (synthetic pre-training)", "evaluation", "report"}
     assert metrics["timings_s"] == timings  # written once, at the end, with the same timings
@@ -106,20 +114,27 @@ def test_stage3_trainer_option_and_config_errors(tiny_run, tmp_path):
     run = tmp_path / "trainer_run"
     shutil.copytree(out / "stage1", run / "stage1")
     shutil.copytree(out / "stage2", run / "stage2")
+    config = yaml.safe_load(path.read_text())
+    config["stage3"]["rehearsal"] = 4  # the quickstart's rehearsal runs on the Trainer path too
+    path = tmp_path / "tiny_rehearsal.yaml"
+    path.write_text(yaml.safe_dump(config))
     assert run_pipeline(SimpleNamespace(config=str(path), out=str(run), seed=None, stage3_trainer="transformers")) == 0
-    assert json.loads((run / "stage3" / "stage_complete.json").read_text())["trainer"] == "transformers"
+    complete = json.loads((run / "stage3" / "stage_complete.json").read_text())
+    assert complete["trainer"] == "transformers" and complete["rehearsal"] == 4
+    recorded = json.loads((run / "stage3" / "stage_config.json").read_text())
+    assert recorded["data"]["rehearsal"] is not None  # the synthetic stars it drew from, by fingerprint
     with pytest.raises(FileNotFoundError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="iron-rich"):
         stage3_draw(__import__("numpy").array([-2.0, -1.5, 0.1]), 2, seed=0)
 
 
-def test_trainer_path_with_rehearsal_is_refused_before_any_training(tmp_path):
+def test_trainer_path_with_a_schedule_it_cannot_run_is_refused_before_any_training(tmp_path):
     config = yaml.safe_load((REPO / "training" / "configs" / "tiny.yaml").read_text())
-    config["stage3"]["rehearsal"] = 4
-    path = tmp_path / "tiny_rehearsal.yaml"
+    config["stage3"].update(schedule="cosine_restarts", restart_period=2)
+    path = tmp_path / "tiny_restarts.yaml"
     path.write_text(yaml.safe_dump(config))
-    with pytest.raises(ValueError, match="rehearsal"):
+    with pytest.raises(ValueError, match="cosine_restarts"):
         run_pipeline(SimpleNamespace(config=str(path), out=str(tmp_path / "run"), seed=None,
                                      stage3_trainer="transformers"))
     assert not (tmp_path / "run" / "stage1").exists()

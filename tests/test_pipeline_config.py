@@ -134,9 +134,13 @@ def test_command_line_overrides_and_trainer_checks(tmp_path):
     with pytest.raises(ValueError, match="stage3_trainer must be"):
         load_config(path, stage3_trainer="deepspeed")
     rehearsal = _tiny()
-    rehearsal["stage3"]["rehearsal"] = 4
-    with pytest.raises(ValueError, match="rehearsal"):
-        load_config(_write(tmp_path, rehearsal, "rehearsal.yaml"), stage3_trainer="transformers")
+    rehearsal["stage3"]["rehearsal"] = 4  # the Trainer path rehearses too
+    loaded = load_config(_write(tmp_path, rehearsal, "rehearsal.yaml"), stage3_trainer="transformers")
+    assert loaded.stage3.spec.rehearsal == 4
+    restarts = _tiny()
+    restarts["stage3"].update(schedule="cosine_restarts", restart_period=2)
+    with pytest.raises(ValueError, match="cosine_restarts"):
+        load_config(_write(tmp_path, restarts, "restarts.yaml"), stage3_trainer="transformers")
 
 
 def test_a_misspelt_key_is_named_before_a_missing_one_and_missing_keys_read_as_yaml(tmp_path):

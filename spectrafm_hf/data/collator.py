@@ -1,4 +1,4 @@
-"""Stars → SpectraFM training batches: the one batcher of both training paths.
+"""Stars → SpectraFM training and evaluation batches: the one batcher of both training paths.
 
 :class:`SpectraFMCollator` turns a batch of stars and a batch seed into a token batch. The Accelerate
 loop (:func:`spectrafm_hf.training.stages.batch_sampler`) hands it stars of a
@@ -6,16 +6,30 @@ loop (:func:`spectrafm_hf.training.stages.batch_sampler`) hands it stars of a
 ``transformers.Trainer`` hands it rows of the dataset schema (it is the ``data_collator``). Either way
 the same :meth:`SpectraFMCollator.collate` draws the contexts and the requested labels, so both
 paths train on batches built by the same rules.
+
+With ``transformers.Trainer``, wrap the datasets in :func:`training_rows` and :func:`evaluation_rows`:
+
+* their rows are :class:`StarRow` mappings, not dicts, so Trainer's ``remove_unused_columns`` (on by
+  default, it would strip ``flux`` and the labels, which are not arguments of the model's ``forward``)
+  leaves them whole: no ``TrainingArguments`` setting is needed;
+* evaluation rows are collated deterministically on WHOLE windows (:meth:`SpectraFMCollator.whole_window_batch`:
+  every usable pixel of the window, every requested label, targets in float64 with NaN where unknown),
+  so ``Trainer.evaluate()`` / ``predict()`` return the labels the pipeline's evaluation would, and
+  ``training.trainer.make_compute_metrics`` turns them into physical-unit metrics;
+* training batches can carry rehearsal stars (:meth:`SpectraFMCollator.add_rehearsal`), as the
+  Accelerate path's do.
 """
 
 from __future__ import annotations
 
 import warnings
 import zlib
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from ..feature_extraction_spectrafm import SpectraFMFeatureExtractor
 
@@ -24,6 +38,8 @@ if TYPE_CHECKING:
 
 #: appended to a batch seed to seed the narrow-window draw, apart from the context / label draw
 _NARROW_WINDOW_STREAM = 7
+#: appended to a batch seed to draw the batch's rehearsal stars (Trainer path), apart from the other draws
+_REHEARSAL_STREAM = 11
 
 
 @dataclass
@@ -95,9 +111,11 @@ class SpectraFMCollator:
             contiguous run of pixels (0 = off).
         narrow_window_pixels: width of those runs, in pixels.
 
-    Rows are dicts with ``flux`` (P,), optional ``mask`` (P,), label columns and ``<LABEL>_ERR``
-    columns (use ``dataset.with_format("numpy")``). A star with no valid pixel inside the window is
-    dropped from the batch with a warning.
+    Rows are mappings with ``flux`` (P,), optional ``mask`` (P,), label columns and ``<LABEL>_ERR``
+    columns (use ``dataset.with_format("numpy")``, or :func:`training_rows`). A star with no valid
+    pixel inside the window is dropped from a training batch with a warning. Rows of
+    :func:`evaluation_rows` are collated by :meth:`whole_window_batch` instead (deterministic, whole
+    window, no star dropped), and training rows get :meth:`add_rehearsal`'s stars appended.
     """
 
     def __init__(
@@ -130,6 +148,7 @@ class SpectraFMCollator:
             raise ValueError(f"pixel_window {pixel_window!r} selects no pixel of the {wavelength.size}-pixel grid")
         self.columns = columns
         self.n_grid = wavelength.size
+        self.grid = wavelength
         self.wavelength = wavelength[columns]
         if isinstance(request, str) and request not in ("random", "all"):
             request = [request]
@@ -147,6 +166,30 @@ class SpectraFMCollator:
         self.narrow_window_fraction = float(narrow_window_fraction)
         self.narrow_window_pixels = int(narrow_window_pixels)
         self.step = 0
+        self.rehearsal_pool: WindowData | None = None
+        self.rehearsal_per_batch = 0
+
+    def add_rehearsal(self, pool: WindowData, per_batch: int) -> "SpectraFMCollator":
+        """Append ``per_batch`` stars of ``pool`` to every TRAINING batch built from dataset rows (the
+        Trainer path; :meth:`select` takes its rehearsal stars from the caller, as the Accelerate loop
+        draws them). They are drawn from the batch seed, so a batch is the same on every replay, and,
+        like the Accelerate path's, keep their whole window (no narrow window) and are asked the
+        batch's labels. ``pool`` must be on this collator's grid (``WindowData`` of the same pixels).
+
+        Returns the collator (``collator = SpectraFMCollator(...).add_rehearsal(pool, 32)``).
+        """
+        if per_batch < 1:
+            raise ValueError(f"rehearsal per batch must be ≥ 1, got {per_batch}")
+        if len(pool) == 0:
+            raise ValueError("the rehearsal pool holds no stars; give rehearsal stars or set rehearsal to 0")
+        if pool.wavelength is not None and (len(pool.wavelength) != self.n_grid
+                                            or not np.allclose(pool.wavelength, self.grid, rtol=1e-9)):
+            raise ValueError(f"the rehearsal stars are on another pixel grid ({len(pool.wavelength)} pixels, "
+                             f"{pool.wavelength[0]:.2f}–{pool.wavelength[-1]:.2f} Å) than the training stars "
+                             f"({self.n_grid} pixels, {self.grid[0]:.2f}–{self.grid[-1]:.2f} Å); cut both to "
+                             "the same window of the same grid")
+        self.rehearsal_pool, self.rehearsal_per_batch = pool, int(per_batch)
+        return self
 
     def _requested(self, columns: Sequence[str]) -> list[str]:
         """Labels a batch may ask for: the request list, or ``label_names`` (default: known ``columns``)."""
@@ -159,7 +202,13 @@ class SpectraFMCollator:
 
     # ---- stars in ---------------------------------------------------------------------------------
     def __call__(self, rows: Sequence[Mapping], seed: int | Sequence[int] | None = None):
-        """Dataset rows (the ``transformers.Trainer`` ``data_collator`` interface) → a token batch."""
+        """Dataset rows (the ``transformers.Trainer`` ``data_collator`` interface) → a token batch.
+
+        Rows of :func:`evaluation_rows` → :meth:`whole_window_batch`; other rows → a training batch
+        (random contexts, plus :meth:`add_rehearsal`'s stars).
+        """
+        if rows and getattr(rows[0], "whole_window", False):
+            return self.whole_window_batch(self.stack(rows))
         if seed is None:
             if "id" in rows[0]:
                 key = zlib.crc32("\x00".join(str(r["id"]) for r in rows).encode())
@@ -167,7 +216,17 @@ class SpectraFMCollator:
                 key = 2**32 + self.step  # no ids: the call number (never equal to a crc32)
             seed = [self.seed, key]
         self.step += 1
-        return self.collate(self.stack(rows), seed)
+        stars = self.stack(rows)
+        return self.collate(stars, seed, rehearsal=self._rehearsal_stars(list(stars.labels), seed))
+
+    def _rehearsal_stars(self, names: Sequence[str], seed) -> StarColumns | None:
+        """``rehearsal_per_batch`` stars of the rehearsal pool drawn from the batch ``seed`` (None if off)."""
+        if not self.rehearsal_per_batch:
+            return None
+        entropy = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
+        pool, k = self.rehearsal_pool, self.rehearsal_per_batch
+        index = np.random.default_rng([*entropy, _REHEARSAL_STREAM]).choice(len(pool), size=k, replace=k > len(pool))
+        return self._columns_of(pool, index, names)
 
     def stack(self, rows: Sequence[Mapping]) -> StarColumns:
         """Dataset rows → :class:`StarColumns` (flux as float32, scalars as float64)."""
@@ -270,3 +329,125 @@ class SpectraFMCollator:
             prepared, request=request, context_length=self.context_length, sampling="random",
             generator=np.random.default_rng(seed), labels=labels, label_errors=errors, return_tensors="pt",
         )
+
+    def whole_window_batch(self, stars: StarColumns):
+        """Stars → a deterministic evaluation batch: every usable pixel of each star's window in one
+        context (no random subset, no narrow window, no rehearsal), every requested label of every star.
+
+        The pixels and the model's input are exactly those of :func:`spectrafm_hf.predict.predict_labels`
+        on the same stars (``pixels="all"``), so a batch of the same stars gives the same predictions.
+        ``labels`` are the standardised targets in float64 (B, Q), NaN where a star lacks the label
+        or is one the model refuses to answer for (``feature_extraction_spectrafm.REFUSING_FLAGS``,
+        e.g. no usable pixel): metrics then leave it out, as the pipeline's evaluation does, and no
+        row is dropped, so predictions stay aligned with the dataset's rows. A refused star's row is
+        all padding (its prediction is meaningless). ``predict_labels`` leaves refused stars out of
+        its batches altogether, so its batches are the same only when the refused stars are not
+        followed by another batch; other batch boundaries change padding and the predictions by
+        ~1e-10 relative.
+        """
+        fe = self.feature_extractor
+        names = list(stars.labels)
+        if not names:
+            raise ValueError("nothing to evaluate: the rows hold none of the collator's labels")
+        prepared = fe.prepare(self.wavelength, stars.flux, mask=stars.mask, scalars=stars.scalars or None,
+                              warn=False, assess=True)
+        if not prepared.valid.any():
+            raise ValueError("no star of this evaluation batch has a usable pixel inside the window; "
+                             "check the window and the flux normalisation")
+        refused = prepared.quality.refused
+        if refused.any() and not refused.all():
+            # not read, as predict_labels does not run them: their pixels would only widen the padding
+            prepared.valid[refused] = False
+            prepared.values[refused] = 0.0
+        errors = {k: np.nan_to_num(np.abs(v), nan=0.0) for k, v in stars.label_errors.items()}
+        batch = fe.tokenize(prepared, request=names, sampling="all", labels=stars.labels, label_errors=errors,
+                            return_tensors="pt")
+        # float64 targets: physical = z · std + median then reproduces the stored labels to ~1e-16
+        target = np.stack([(np.asarray(stars.labels[n], np.float64) - fe.statistics(n)[0]) / fe.statistics(n)[1]
+                           for n in names], axis=1)
+        target[refused] = np.nan
+        batch["labels"] = torch.from_numpy(target)
+        batch["query_mask"] = batch["query_mask"] * torch.from_numpy(np.isfinite(target)).long()
+        return batch
+
+
+# ---- rows for transformers.Trainer ------------------------------------------------------------------
+
+
+class StarRow(MappingABC):
+    """One star as a read-only mapping of schema columns (``flux``, ``mask``, labels, ``<LABEL>_ERR``,
+    ``id`` ...) plus ``whole_window``: True for rows :meth:`SpectraFMCollator.__call__` collates as a
+    whole-window evaluation batch.
+
+    Deliberately not a ``dict``: ``transformers.Trainer`` (``remove_unused_columns=True``, its default)
+    strips dict rows down to the arguments of the model's ``forward``, which would drop the flux and
+    the labels; it passes other mappings through whole.
+    """
+
+    __slots__ = ("_columns", "whole_window")
+
+    def __init__(self, columns: Mapping, whole_window: bool = False):
+        self._columns = columns
+        self.whole_window = bool(whole_window)
+
+    def __getitem__(self, key: str):
+        return self._columns[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
+class StarRows(torch.utils.data.Dataset):
+    """Stars as :class:`StarRow` s for ``transformers.Trainer`` (``train_dataset`` / ``eval_dataset``).
+
+    Args:
+        stars: one split: a ``datasets.Dataset`` of the schema (:mod:`spectrafm_hf.data.schema`) or a
+            :class:`~spectrafm_hf.data.arrays.WindowData` (its rows get the star index as ``id``).
+        whole_window: rows for evaluation (:func:`evaluation_rows`) rather than training.
+    """
+
+    def __init__(self, stars, whole_window: bool = False):
+        from datasets import DatasetDict
+
+        from .arrays import WindowData
+
+        if isinstance(stars, DatasetDict):
+            raise ValueError(f"give one split of the dataset, e.g. dataset['train'], not a DatasetDict with "
+                             f"splits {list(stars)}")
+        if not isinstance(stars, WindowData):
+            # the collator never reads flux errors: not decoding them saves a third of each row's cost
+            unread = [name for name in ("flux_err",) if name in stars.column_names]
+            stars = stars.remove_columns(unread).with_format("numpy")
+        self.stars = stars
+        self.whole_window = bool(whole_window)
+
+    def __len__(self) -> int:
+        return len(self.stars)
+
+    def __getitem__(self, index: int) -> StarRow:
+        from .arrays import WindowData
+        from .labels import error_column
+
+        if not isinstance(self.stars, WindowData):
+            return StarRow(self.stars[int(index)], self.whole_window)
+        data = self.stars
+        columns = {"id": int(index), "flux": data.flux[index], "mask": data.mask[index]}
+        # labels at full precision (no float32 round trip): evaluation compares them with predictions
+        columns.update({name: values[index] for name, values in data.labels.items()})
+        columns.update({error_column(name): values[index] for name, values in data.label_errors.items()})
+        return StarRow(columns, self.whole_window)
+
+
+def training_rows(stars) -> StarRows:
+    """``train_dataset`` for ``transformers.Trainer``: rows the collator turns into training batches
+    (random contexts, the collator's request, narrow windows, rehearsal stars)."""
+    return StarRows(stars, whole_window=False)
+
+
+def evaluation_rows(stars) -> StarRows:
+    """``eval_dataset`` (or ``Trainer.predict``'s dataset): rows the collator turns into deterministic
+    whole-window batches (:meth:`SpectraFMCollator.whole_window_batch`)."""
+    return StarRows(stars, whole_window=True)

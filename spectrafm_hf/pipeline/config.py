@@ -3,13 +3,24 @@
 Layout of the YAML (``training/configs/quickstart.yaml`` is the commented example)::
 
     seed, torch_threads, eval_batch_size, stage2_eval_context, stage3_trainer     top-level values
-    data:       seed, cache_dir, synthetic {n, prior}, observed {n, prior, splits}, test {n_iron_poor}
+    data:       seed, cache_dir, synthetic {n, prior | path}, observed {n, prior, splits | path, splits},
+                test {n_iron_poor}
     model:      SpectraFMConfig keyword arguments (d_model, encoder_heads, ...)
     stage1:     a training.stages.StageSpec: stage keys + LoopConfig keys (inline or under ``loop:``)
     stage2:     the same
     stage3:     the same, plus n_stars, n_validation, from_stage1
     baselines:  scratch_transformer (stage-3 overrides), mlp, ridge, cannon; ``null`` = skip that one
     attention:  enabled, model, n_stars, batch_size, queries, core_half_width_A, first_half {...}
+
+``data.synthetic`` and ``data.observed`` are simulated (``n`` stars from ``prior``) unless they name a
+``path``: a dataset folder (``spectrafm build-apogee`` / ``spectrafm simulate`` output, or any
+``save_to_disk`` folder of the schema) or a table of spectra (Parquet, FITS table, npz) on the
+7514-pixel APOGEE grid, used for every stage, baseline and evaluation that role feeds::
+
+    data:
+      synthetic: {n: 12000, prior: wide}
+      observed: {path: runs/apogee_dr17}       # its train / validation / test splits
+      test: {n_iron_poor: 0}                   # no simulated supplement for real data
 
 Every default lives here. A key that is not a field is an error naming the key, its section and the
 nearest valid key (typos must not be silently ignored). Two quirks kept for compatibility: a
@@ -55,27 +66,51 @@ STAGE3_DATA_KEYS = ("n_stars", "n_validation", "from_stage1")
 # ----------------------------------------------------------------------------------------------
 
 
+def _stars_or_path(n: int | None, path: str | None, section: str) -> tuple[int | None, str | None]:
+    """``n`` (stars to simulate) or ``path`` (a dataset to read): exactly one of them."""
+    if (n is None) == (path is None):
+        raise ValueError(f"section {section!r} needs either n (stars to simulate) or path (a dataset folder or "
+                         "table of spectra), not both and not neither")
+    if path is not None and not str(path).strip():
+        raise ValueError(f"section {section!r}: path is empty; give a dataset folder or table of spectra")
+    return (None if n is None else int(n)), (None if path is None else str(path))
+
+
+#: The splits each role needs from a dataset read from ``path`` (a folder without them is divided).
+SYNTHETIC_SPLITS = {"train": 0.9, "validation": 0.1}
+
+
 @dataclass
 class SyntheticData:
-    """Stage-1 spectra: ``n`` simulated synthetic stars from ``prior`` (split 90 % train / 10 % validation)."""
+    """Stage-1 spectra: ``n`` simulated synthetic stars from ``prior`` (split 90 % train / 10 % validation),
+    or the dataset at ``path``: its ``train`` and ``validation`` splits, or (one split, a table) its
+    stars divided 90 % / 10 % with ``data.seed``."""
 
-    n: int
+    n: int | None = None
     prior: str = "wide"
+    path: str | None = None
 
     def __post_init__(self):
-        self.n = int(self.n)
+        self.n, self.path = _stars_or_path(self.n, self.path, "data.synthetic")
 
 
 @dataclass
 class ObservedData:
-    """Stage-2/3 and test spectra: ``n`` simulated observed stars from ``prior``, split by ``splits``."""
+    """Stage-2/3 and test spectra: ``n`` simulated observed stars from ``prior``, split by ``splits``, or
+    the dataset at ``path``: its ``train``, ``validation`` and ``test`` splits, or (one split, a table)
+    its stars divided by ``splits`` with ``data.seed``."""
 
-    n: int
+    n: int | None = None
     prior: str = "apogee"
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "validation": 0.2, "test": 0.2})
+    path: str | None = None
 
     def __post_init__(self):
-        self.n = int(self.n)
+        self.n, self.path = _stars_or_path(self.n, self.path, "data.observed")
+        missing = {"train", "validation", "test"} - set(self.splits)
+        if missing:
+            raise ValueError(f"section 'data.observed': splits needs train, validation and test fractions; "
+                             f"{sorted(missing)} missing from {dict(self.splits)}")
 
 
 @dataclass
@@ -101,6 +136,9 @@ class DataConfig:
 
     def __post_init__(self):
         self.seed = int(self.seed)
+        if self.observed.path is not None and self.test.n_iron_poor:
+            raise ValueError("data.test.n_iron_poor adds SIMULATED iron-poor test stars; with data.observed.path "
+                             "(a real dataset) set data.test: {n_iron_poor: 0}")
 
 
 @dataclass
@@ -211,10 +249,12 @@ class PipelineConfig:
         self.torch_threads = int(self.torch_threads) if self.torch_threads else None
         if self.stage3_trainer not in TRAINERS:
             raise ValueError(f"stage3_trainer must be 'accelerate' or 'transformers', got {self.stage3_trainer!r}")
-        if self.stage3_trainer == "transformers" and self.stage3.spec.rehearsal:
-            # Checked before any training: the Trainer path has no rehearsal batches (Accelerate loop only).
-            raise ValueError("--stage3-trainer transformers does not support stage3.rehearsal > 0; set "
-                             "stage3.rehearsal: 0 in the config (the paper's protocol) or use the Accelerate path")
+        if self.stage3_trainer == "transformers":
+            # Checked before any training: what the Trainer path cannot run (e.g. cosine_restarts).
+            from ..training.trainer import scheduler_arguments, selection_metric
+
+            scheduler_arguments(self.stage3.spec.loop)
+            selection_metric(self.stage3.spec)
 
 
 # ----------------------------------------------------------------------------------------------

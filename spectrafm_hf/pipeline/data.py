@@ -12,6 +12,11 @@ runs share them):
   supplement of ``data.test.n_iron_poor`` observed stars drawn from the same APOGEE prior restricted to
   [Fe/H] < −1, so that the iron-poor bins hold enough stars. Per-bin metrics do not depend on this
   mix; the "all" bin does, and is reported for the mixed set.
+
+A role whose config names a ``path`` (``data.synthetic.path``, ``data.observed.path``) reads that dataset
+instead of simulating (:func:`dataset_at_path`): a dataset folder or a table of spectra on the
+7514-pixel APOGEE grid, its splits used as they are or, when it has one split, divided by the
+configured fractions with ``data.seed``. Nothing is cached for it: it is already on disk.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from ..data.arrays import WindowData, concatenate, cut_window, subset, window_data
 from ..data.grid import APOGEE_NPIX, FE_WINDOW
-from .config import PipelineConfig
+from .config import SYNTHETIC_SPLITS, PipelineConfig
 
 #: [Fe/H] (dex) separating the iron-rich stars stage 3 may see from the iron-poor ones it is tested on.
 FEH_RICH_MIN = -1.0
@@ -120,16 +125,68 @@ def prepare_datasets(config: PipelineConfig, out: Path) -> dict:
     ("synthetic", "observed" and, with ``data.test.n_iron_poor``, "iron_poor")."""
     data = config.data
     cache_dir = Path(data.cache_dir) if data.cache_dir is not None else out / "data"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    synthetic = _cached_dataset(cache_dir, "synthetic", data.synthetic.n, data.seed, data.synthetic.prior,
-                                {"train": 0.9, "validation": 0.1})
-    observed = _cached_dataset(cache_dir, "observed", data.observed.n, data.seed + 1, data.observed.prior,
-                               data.observed.splits)
+    # datasets named by path first: a bad path fails before minutes of simulation
+    if data.observed.path is not None:
+        observed = dataset_at_path(data.observed.path, "data.observed.path", data.observed.splits, data.seed + 1)
+    if data.synthetic.path is not None:
+        synthetic = dataset_at_path(data.synthetic.path, "data.synthetic.path", SYNTHETIC_SPLITS, data.seed)
+    else:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        synthetic = _cached_dataset(cache_dir, "synthetic", data.synthetic.n, data.seed, data.synthetic.prior,
+                                    SYNTHETIC_SPLITS)
+    if data.observed.path is None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        observed = _cached_dataset(cache_dir, "observed", data.observed.n, data.seed + 1, data.observed.prior,
+                                   data.observed.splits)
     result = {"synthetic": synthetic, "observed": observed}
     if data.test.n_iron_poor:
         result["iron_poor"] = _cached_dataset(cache_dir, "observed", data.test.n_iron_poor, data.seed + 2,
                                               data.observed.prior, {"test": 1.0}, feh_below=FEH_RICH_MIN)
     return result
+
+
+def dataset_at_path(path: str | Path, option: str, splits: Mapping[str, float], seed: int):
+    """A dataset read from disk as a DatasetDict holding the ``splits`` names, on the APOGEE grid.
+
+    ``path``: a dataset folder (``save_to_disk`` layout: ``spectrafm build-apogee`` / ``simulate`` output)
+    or a table of spectra (Parquet, FITS table, npz; :func:`spectrafm_hf.data.tables.load_table`). A
+    DatasetDict with every name of ``splits`` is used as it is; one split (or a table) is divided by
+    the fractions of ``splits`` (``schema.split_indices`` with ``seed``). ``option`` names the setting
+    in error messages.
+    """
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    from ..data.schema import split_indices
+    from ..data.tables import load_table
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{option}: {path} does not exist; give a dataset folder (spectrafm build-apogee "
+                                "--out) or a table of spectra (.parquet, FITS table, .npz)")
+    loaded = load_from_disk(str(path)) if path.is_dir() else load_table(path)
+    if isinstance(loaded, DatasetDict) and set(splits) <= set(loaded):
+        chosen = DatasetDict({name: loaded[name] for name in splits})
+    else:
+        if isinstance(loaded, DatasetDict) and len(loaded) != 1:
+            raise ValueError(f"{option}: {path} has splits {sorted(loaded)}, not {sorted(splits)}; give a dataset "
+                             "with those splits or with a single split to divide")
+        stars = loaded if isinstance(loaded, Dataset) else next(iter(loaded.values()))
+        parts = split_indices(len(stars), dict(splits), seed)
+        chosen = DatasetDict({name: stars.select(index) for name, index in parts.items()})
+    _check_apogee_grid(chosen, path, option)
+    return chosen
+
+
+def _check_apogee_grid(datasets, path: Path, option: str) -> None:
+    """The pipeline's windows are pixel ranges of the 7514-pixel APOGEE grid: refuse any other grid."""
+    from ..data.grid import apogee_wavelength
+    from ..data.schema import get_wavelength
+
+    wavelength = get_wavelength(next(iter(datasets.values())))
+    if len(wavelength) != APOGEE_NPIX or not np.allclose(wavelength, apogee_wavelength(), rtol=1e-7):
+        raise ValueError(f"{option}: {path} has {len(wavelength)} pixels ({wavelength[0]:.1f}–{wavelength[-1]:.1f} Å), "
+                         f"not the {APOGEE_NPIX}-pixel APOGEE grid the pipeline's windows are cut from; resample it "
+                         "to spectrafm_hf.data.grid.apogee_wavelength(), or fine-tune on it with spectrafm finetune")
 
 
 def _cached_dataset(cache_dir: Path, universe: str, n: int, seed: int, prior: str, splits: Mapping[str, float],

@@ -78,7 +78,7 @@ def _train_stage3(config: PipelineConfig, data: PipelineData, out: Path, rehears
     from ..training.trainer import run_stage_with_trainer
 
     return run_stage_with_trainer(spec, data.stage3_train, data.stage3_val, out / "stage3", init=init,
-                                  seed=config.seed)
+                                  rehearsal=rehearsal, seed=config.seed)
 
 
 def train_scratch_transformer(config: PipelineConfig, data: PipelineData, out: Path,

@@ -19,6 +19,10 @@ Per bin: ``n``, ``rmse``, ``bias`` (median of predicted − true) and ``sigma_ma
 absolute deviation of the residuals around their median, ``astropy.stats.mad_std`` — the robust
 scatter the paper quotes).
 
+:func:`flat_label_metrics` gives one label's numbers as flat keys (``rmse``, ``rmse_feh_lt_-1``, ...,
+``coverage_68``): the names of ``metrics.json``'s stage entries and of the model cards, and what
+``training.trainer.make_compute_metrics`` hands to ``transformers.Trainer`` (prefixed by the label).
+
 Calibration: with predicted 1σ ``s`` the z-score is ``(pred − true) / s``. A calibrated model has z-score
 std 1, 68.3 % of |z| < 1 and 95.4 % of |z| < 2. The post-hoc fix is one variance scale per label,
 ``s → s · k``, with ``k`` fitted on the VALIDATION set (never the test set) as the RMS of its z-scores.
@@ -194,3 +198,32 @@ def summary_row(metrics: Mapping, label: str = "FE_H") -> dict[str, float]:
         row["coverage_68_after"] = calibration["after"]["all"]["coverage_68"]
         row["coverage_95_after"] = calibration["after"]["all"]["coverage_95"]
     return row
+
+
+def flat_label_metrics(predicted, sigma, true, true_feh=None) -> dict[str, float]:
+    """One label's test metrics (:func:`evaluate_label`, no variance scale) as flat keys.
+
+    Args:
+        predicted, sigma, true: (N,) predictions, predicted 1σ and truths, physical units (NaN truth =
+            unknown: the star is left out).
+        true_feh: (N,) true [Fe/H] in dex deciding the bins; None (or NaN) = bin ``all`` only.
+    Returns:
+        ``n``, ``rmse``, ``bias`` (median residual), ``sigma_mad`` over all stars; the same with suffix
+        ``_<bin>`` for each other bin of :data:`FEH_BINS` that holds stars (``rmse_feh_lt_-1`` ...);
+        ``z_std``, ``coverage_68``, ``coverage_95`` of the predicted σ over all stars. The keys are
+        those of ``metrics.json``'s stage entries (``training.report.card_entry``).
+    """
+    predicted = _as_1d("predicted", predicted)
+    true_feh = np.full(predicted.shape, np.nan) if true_feh is None else true_feh
+    result = evaluate_label(predicted, sigma, true, true_feh)
+    flat: dict[str, float] = {}
+    for bin_key, stats in result["bins"].items():
+        if bin_key != "all" and stats["n"] == 0:
+            continue
+        suffix = "" if bin_key == "all" else f"_{bin_key}"
+        for name in ("n", "rmse", "bias", "sigma_mad"):
+            flat[f"{name}{suffix}"] = stats[name]
+    calibration = result["calibration"]["before"]["all"]
+    for name in ("z_std", "coverage_68", "coverage_95"):
+        flat[name] = calibration[name]
+    return flat

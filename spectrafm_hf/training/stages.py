@@ -229,6 +229,18 @@ def sync_label_statistics(config, feature_extractor) -> None:
                                          if k in config.named_tokens}
 
 
+def record_training_context(model, feature_extractor, spec: StageSpec) -> None:
+    """Record the stage's context length (pixels per star per step) in both saved configs.
+
+    The batches use ``spec.context_length`` directly (:func:`stage_collator`); without this the
+    checkpoint's ``config.json`` kept the model section's value and ``preprocessor_config.json`` the
+    feature extractor's default (512), so a quickstart checkpoint said 128 in one file and 512 in the
+    other. Metadata only: neither value changes a forward pass or a batch.
+    """
+    model.config.context_length = int(spec.context_length)
+    feature_extractor.context_length = int(spec.context_length)
+
+
 def record_training_window(feature_extractor, data: WindowData) -> None:
     """Set ``feature_extractor.training_window_A`` to [min, max] Å of ``data``'s wavelengths: the window
     this stage trains on, which inference reads by default (a fine-tuned model reads every pixel it is
@@ -450,6 +462,7 @@ def run_stage(
     else:
         model, feature_extractor = load_model(init, device="cpu")  # the Accelerator places it
     record_training_window(feature_extractor, train_data)
+    record_training_context(model, feature_extractor, spec)
     apply_freezing(model, spec)
 
     def save_best(unwrapped, folder: Path):
