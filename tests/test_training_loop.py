@@ -118,3 +118,18 @@ def test_loop_state_records_improvements_and_saves_atomically(tmp_path):
     state.save(path)
     assert LoopState.load(path) == state and not path.with_suffix(".tmp").exists()
     assert json.loads(path.read_text()) == {"step": 6, "best_metric": 0.5, "best_step": 6, "stale": 0}
+
+
+def test_stages_with_different_mixed_precision_train_in_one_process(tmp_path):
+    """paper.yaml trains stages 1-2 in bf16 and stage 3 in fp32 in one pipeline process: Accelerate's
+    per-process state used to refuse the second precision; now each run gets its own and trains."""
+    from accelerate.state import AcceleratorState
+
+    for name, precision in (("bf16", "bf16"), ("fp32", "no"), ("bf16_again", "bf16")):
+        torch.manual_seed(0)
+        model = ToyModel()
+        result = train(model, make_batch, tmp_path / name,
+                       LoopConfig(max_steps=3, learning_rate=0.05, eval_every=3, mixed_precision=precision,
+                                  progress=False), evaluate=evaluate)
+        assert result.last_step == 3 and result.best_metric is not None
+        assert AcceleratorState().mixed_precision == precision

@@ -238,6 +238,7 @@ def make_accelerator(out_dir: str | os.PathLike, config: LoopConfig):
     """An ``Accelerator`` logging to ``<out>/metrics.jsonl`` (+ TensorBoard under ``<out>/logs`` if installed)."""
     from accelerate import Accelerator
 
+    _release_other_precision(config.mixed_precision)
     out_dir = Path(out_dir)
     trackers: list = [_make_tracker_class()(out_dir / "metrics.jsonl")]
     try:
@@ -247,6 +248,22 @@ def make_accelerator(out_dir: str | os.PathLike, config: LoopConfig):
     except ImportError:
         pass
     return Accelerator(mixed_precision=config.mixed_precision, log_with=trackers, project_dir=str(out_dir / "logs"))
+
+
+def _release_other_precision(mixed_precision: str) -> None:
+    """Clear Accelerate's per-process ``AcceleratorState`` when an earlier stage set another mixed precision.
+
+    Accelerate keeps one such state per process and refuses a new ``Accelerator`` whose mixed precision
+    differs from it ("AcceleratorState has already been initialized and cannot be changed"). One pipeline
+    run trains every stage in one process, and stages may differ (paper.yaml: stages 1-2 bf16, stage 3
+    the default "no"), so without this its stage 3 stopped with that error. The process group lives in
+    ``PartialState``, which is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    held = AcceleratorState._shared_state.get("_mixed_precision")
+    if held is not None and held != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _flatten_config(values: Mapping, prefix: str = "") -> dict:
