@@ -317,7 +317,7 @@ def test_predict_cli_on_converted_folder(original, converted, tmp_path):
     import csv
 
     rows = list(csv.DictReader(out_csv.open()))
-    assert [r["index"] for r in rows] == ["0", "1"]
+    assert [r["id"] for r in rows] == ["spectra-0", "spectra-1"]  # npz without ids: <file stem>-<row>
     for i, row in enumerate(rows):
         ref = reference_forward(original, idx, flux[i], "FE_H")
         np.testing.assert_allclose([float(row["FE_H"]), float(row["FE_H_err"])], ref, rtol=1e-4)

@@ -180,6 +180,8 @@ def test_stages_record_their_training_window_and_nothing_else(tmp_path):
     assert saved1["auto_map"] == expected["auto_map"]  # every save route writes the remote-code map
     assert set(saved1) - set(expected) == {"training_window_A"}
     saved1.pop("training_window_A")
+    # the stage's context length is recorded too (one context length in config.json and here)
+    assert saved1.pop("context_length") == 32 and expected.pop("context_length") == 512
     assert saved1 == expected
 
 
