@@ -382,8 +382,10 @@ def _card(plan: FinetunePlan, metrics: dict, out: str):
     return render_card(info)
 
 
-def print_evaluation(metrics: dict, out=sys.stdout) -> None:
-    """A short table: validation and the scored set, per label and [Fe/H] subset (physical units)."""
+def print_evaluation(metrics: dict, out=None) -> None:
+    """A short table: validation and the scored set, per label and [Fe/H] subset (physical units);
+    ``out`` defaults to the stdout of the moment (not of import time)."""
+    out = sys.stdout if out is None else out
     rows = [("validation", label, values) for label, values in metrics["validation"].items()]
     for label, result in metrics["models"]["finetuned"]["labels"].items():
         for subset, stats in result["bins"].items():
