@@ -16,28 +16,21 @@ _COMMANDS = {
     "simulate": ("spectrafm_hf.data.simulated", "run_simulate", "build a simulated APOGEE dataset"),
     "build-apogee": ("spectrafm_hf.data.apogee", "run_build_apogee", "build a dataset from APOGEE DR17 files"),
     "pipeline": ("spectrafm_hf.pipeline", "run_pipeline", "run the three-stage pipeline, baselines and report"),
-    "publish": ("spectrafm_hf.hub.publish", "run_publish", "upload a stage checkpoint to the Hugging Face Hub"),
+    "publish": ("spectrafm_hf.hub.publish", "run_publish",
+                "upload a checkpoint or dataset folder to the Hugging Face Hub"),
     "convert-original": ("spectrafm_hf.convert_original", "run_convert_original",
                          "convert an original SpectraFM checkpoint"),
+    "finetune": ("spectrafm_hf.training.finetune", "run_finetune",
+                 "fine-tune a checkpoint on your own labelled stars in your own window (transformers.Trainer)"),
+    "report": ("spectrafm_hf.pipeline.report", "run_report",
+               "redraw the figures and rewrite report.md / report.html of a finished pipeline run"),
 }
 
 
 def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
     """Declare the arguments of subcommand ``name`` on ``p``."""
     if name == "predict":
-        p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
-        p.add_argument("--input", required=True, help="spectra file (.npz, ...)")
-        p.add_argument("--request", action="append", required=True, metavar="LABEL",
-                       help="label to predict (repeatable), e.g. --request FE_H --request TEFF")
-        p.add_argument("--output", required=True, help="output CSV")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--context", default="all",
-                       help="'all' = every valid pixel at once, or an int: disjoint chunks of that size")
-        p.add_argument("--all-pixels", action="store_true",
-                       help="read every valid pixel, not only those inside the window the model was last "
-                            "trained on (the default)")
-        p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        _add_predict_arguments(p)
     elif name == "simulate":
         p.add_argument("--universe", choices=["synthetic", "observed"], required=True)
         p.add_argument("--n", type=int, required=True, help="number of spectra")
@@ -48,6 +41,9 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--overwrite", action="store_true")
         p.add_argument("--batch-size", type=int, default=256,
                        help="stars simulated at once (results do not depend on it)")
+        p.add_argument("--num-proc", type=int, default=None,
+                       help="processes simulating in parallel (default: every available core; "
+                            "results do not depend on it)")
         p.add_argument("--snr-min", type=float, default=None, help="observed universe: lowest SNR (log-uniform draw)")
         p.add_argument("--snr-max", type=float, default=None, help="observed universe: highest SNR")
         p.add_argument("--gap-off", action="append", default=[], metavar="SWITCH",
@@ -69,16 +65,65 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
         add_pipeline_arguments(p)
     elif name == "publish":
-        p.add_argument("stage_dir")
-        p.add_argument("--repo-id", required=True)
-        p.add_argument("--revision", default=None)
-        p.add_argument("--private", action="store_true")
-        p.add_argument("--dry-run", action="store_true")
-        p.add_argument("--commit-message", default=None)
+        _add_publish_arguments(p)
+    elif name == "report":
+        p.add_argument("run_dir", metavar="RUN", help="a run folder written by `spectrafm pipeline`")
+        p.add_argument("--out", default=None, help="write the report here instead of into RUN")
     elif name == "convert-original":
         p.add_argument("src_dir")
         p.add_argument("out_dir")
         p.add_argument("--overwrite", action="store_true")
+    elif name == "finetune":
+        from .training.finetune import add_finetune_arguments  # declared by the command's module
+
+        add_finetune_arguments(p)
+
+
+def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """``spectrafm predict``: input, output, columns, precision, shards."""
+    p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
+    p.add_argument("--input", required=True,
+                   help="spectra: a dataset folder (save_to_disk), .parquet, .npz, FITS table, an aspcapStar/"
+                        "apStar file, or a folder or quoted glob of them (unreadable files are skipped)")
+    p.add_argument("--split", default=None, help="dataset folders: the split to read (default: all splits)")
+    p.add_argument("--request", action="append", required=True, metavar="LABEL",
+                   help="label to predict (repeatable), e.g. --request FE_H --request TEFF")
+    p.add_argument("--output", required=True,
+                   help="output table; format by extension: .parquet (recommended), .csv, .ecsv, .fits")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--inputs", action="append", default=None, metavar="COLUMN",
+                   help="named scalar input the model reads (repeatable); default: the input's columns the model "
+                        "knows, never labels or TRUE_* columns")
+    p.add_argument("--keep", action="append", default=[], metavar="COLUMN",
+                   help="input column carried into the output (repeatable), e.g. --keep RA --keep DEC")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute precision: bfloat16 = bf16 autocast (faster; needs bf16 hardware)")
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="stars per shard: the unit written to <output>.parts/ and resumed after an interruption")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--context", default="all",
+                   help="'all' = every valid pixel at once, or an int: disjoint chunks of that size")
+    p.add_argument("--all-pixels", action="store_true",
+                   help="read every valid pixel, not only those inside the window the model was last "
+                        "trained on (the default)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _add_publish_arguments(p: argparse.ArgumentParser) -> None:
+    """``spectrafm publish``: a checkpoint or dataset folder, the target repo and the card's lineage."""
+    p.add_argument("stage_dir", metavar="FOLDER", help="a checkpoint folder (a stage) or a dataset folder")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--repo-type", choices=["auto", "model", "dataset"], default="auto",
+                   help="auto (default): a model repo for a checkpoint, a dataset repo for a dataset folder")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--base-model", default=None, metavar="ORG/NAME",
+                   help="Hub id of the published parent checkpoint (the card's base_model)")
+    p.add_argument("--dataset", action="append", default=None, metavar="ORG/NAME",
+                   help="Hub id of a published training dataset (the card's datasets; repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,6 +126,55 @@ def test_padding_does_not_change_a_star(tiny_model, feature_extractor, toy):
     torch.testing.assert_close(pair[0][:1], alone[0], atol=1e-5, rtol=1e-5)
 
 
+def _reference_modeling():
+    """The model code before issue 11's speed work (frozen in ``benchmarks/reference``), imported as a
+    submodule of the package so that its relative import of the configuration resolves."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference" / "modeling_spectrafm_before_issue11.py"
+    spec = importlib.util.spec_from_file_location("spectrafm_hf._modeling_before_issue11", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("config_kwargs", [{}, {"add_bias_kv": False}, {"encoder_heads": [8, 4], "d_model": 64}])
+def test_outputs_and_gradients_equal_the_code_before_the_speed_work(config_kwargs, feature_extractor, toy):
+    """The fast paths (bias slot carried as a token, decoder attention in the encoder's space, fused
+    embedding arithmetic) compute the same model: float32 outputs, attention weights and gradients
+    within 1e-5 of the old code, with and without padding."""
+    config = SpectraFMConfig.tiny(dropout=0.0, **config_kwargs)
+    torch.manual_seed(3)
+    new = SpectraFMModel(config).eval()
+    old = _reference_modeling().SpectraFMModel(config).eval()
+    old.load_state_dict(new.state_dict())
+    mask = np.zeros_like(toy["mask"])
+    mask[3, 10:100] = True  # star 3 shorter: padding in the batch
+    for star_mask in (None, mask):
+        batch = feature_extractor(toy["wavelength"], toy["flux"], mask=star_mask, request=["FE_H", "TEFF", "LOGG"])
+        with torch.no_grad():
+            got, expected = new(**batch, output_attentions=True), old(**batch, output_attentions=True)
+            fast = new(**batch)
+        for key in ("mean", "log_variance"):
+            torch.testing.assert_close(getattr(got, key), getattr(expected, key), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(getattr(fast, key), getattr(expected, key), atol=1e-5, rtol=1e-5)
+        for a, b in zip(got.encoder_attentions + got.cross_attentions,
+                        expected.encoder_attentions + expected.cross_attentions):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    labels = feature_extractor(toy["wavelength"], toy["flux"], request=["FE_H", "TEFF"],
+                               labels={k: toy["labels"][k] for k in ("FE_H", "TEFF")})
+    for model in (new, old):
+        model.train()
+        model.zero_grad()
+        model(**labels).loss.backward()
+    old_grads = dict(old.named_parameters())
+    for name, param in new.named_parameters():
+        torch.testing.assert_close(param.grad, old_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_loss_is_the_gaussian_nll_with_label_errors_over_valid_queries():
     mean = torch.tensor([[0.1, 0.5], [-0.3, 2.0]])
     log_variance = torch.tensor([[-1.0, 0.0], [0.5, -2.0]])

@@ -7,13 +7,18 @@ whose ``flux_err`` is 0), plus extra float32 columns: the nuisances ``VMICRO VMA
 and ``TRUE_<LABEL>`` (the labels each spectrum was made from, for evaluation only).
 
 Star ``i`` always gets the same labels and spectrum for a given (universe, seed, prior, gap config),
-whatever ``n``, ``batch_size`` or the split it lands in: every random draw is keyed by (seed, i).
+whatever ``n``, ``batch_size``, ``num_proc`` or the split it lands in: every random draw is keyed by
+(seed, i). Labels are drawn in the main process; worker processes (``num_proc``) simulate whole batches
+and the main process writes them in input order, so the Arrow data do not depend on the process count.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+import sys
+from collections import deque
+from contextlib import contextmanager
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -130,6 +135,7 @@ def build_simulated_dataset(
     labels: Mapping[str, np.ndarray] | None = None,
     wavelength: np.ndarray | None = None,
     resolving_power: float = sim.APOGEE_RESOLVING_POWER,
+    num_proc: int = 1,
 ):
     """Simulate ``n`` stars into a ``DatasetDict`` saved at ``out_dir`` (streamed, atomic).
 
@@ -146,6 +152,8 @@ def build_simulated_dataset(
         overwrite: replace an existing ``out_dir``.
         labels: optional table of TRUE labels (dict of (n,) arrays) to simulate instead of the prior.
         wavelength, resolving_power: another instrument's grid (vacuum Å) and R.
+        num_proc: processes simulating batches in parallel (1: in this process); the output is the same
+            whatever the number (:func:`available_cores` gives every core this process may use).
     """
     if universe not in ("synthetic", "observed"):
         raise ValueError(f"universe must be 'synthetic' or 'observed', got {universe!r}")
@@ -159,22 +167,16 @@ def build_simulated_dataset(
         prior = "given label table"
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if num_proc < 1:
+        raise ValueError(f"num_proc (--num-proc) must be ≥ 1, got {num_proc}")
     parts = split_indices(n, dict(splits or DEFAULT_SPLITS), seed)
     model = sim.get_line_model(wavelength)
     cfg = gap_config if gap_config is not None else (
         sim.GapConfig() if universe == "observed" else sim.GapConfig.clean())
-    bar = _progress(n, f"simulate {universe} → {os.fspath(out_dir)}", progress)
-
-    def make_batches(rows: np.ndarray):
-        def generate():
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start:start + batch_size]
-                out = sim.simulate(_take(labels, chunk), universe=universe, seed=seed, indices=chunk,
-                                   wavelength=wavelength, resolving_power=resolving_power, gap_config=cfg)
-                bar.update(len(chunk))
-                yield _batch_rows(out, chunk, universe, seed)
-        return generate
-
+    if universe == "observed":
+        sim.get_universe(cfg, model)  # built once here: forked workers inherit it
+    settings = dict(universe=universe, seed=seed, wavelength=wavelength, resolving_power=resolving_power,
+                    gap_config=cfg)
     metadata = {
         "source": "simulator", "universe": universe, "seed": int(seed), "prior": prior, "n": int(n),
         "gap_config": cfg.to_dict(), "simulator_version": sim.SIMULATOR_VERSION,
@@ -183,12 +185,76 @@ def build_simulated_dataset(
         "note": ("one-layer physical simulator (spectrafm_hf.data.simulator): realistic relative behaviour, "
                  "not for abundance work"),
     }
+    n_batches = sum(-(-len(rows) // batch_size) for rows in parts.values())
+    with _worker_pool(min(num_proc, n_batches)) as pool:
+        bar = _progress(n, f"simulate {universe} → {os.fspath(out_dir)}", progress)
+        try:
+            return write_dataset(
+                out_dir, {name: _split_batches(pool, labels, rows, batch_size, settings, bar, window=2 * num_proc)
+                          for name, rows in parts.items()},
+                model.wavelength, metadata, extra_scalars=EXTRA_COLUMNS, overwrite=overwrite)
+        finally:
+            bar.close()
+
+
+def _split_batches(pool, labels, rows: np.ndarray, batch_size: int, settings: dict, bar, window: int):
+    """The zero-argument batch source of one split for ``write_dataset``: the stars ``rows``,
+    ``batch_size`` at a time, simulated in ``pool`` (or here) and yielded in order."""
+    def generate():
+        tasks = ((_take(labels, rows[start:start + batch_size]), rows[start:start + batch_size], settings)
+                 for start in range(0, len(rows), batch_size))
+        for batch in _in_order(pool, _simulate_batch, tasks, window):
+            bar.update(len(batch["id"]))
+            yield batch
+    return generate
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one, else all cores."""
     try:
-        dataset = write_dataset(out_dir, {name: make_batches(rows) for name, rows in parts.items()},
-                                model.wavelength, metadata, extra_scalars=EXTRA_COLUMNS, overwrite=overwrite)
-    finally:
-        bar.close()
-    return dataset
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _simulate_batch(task: tuple) -> dict:
+    """One batch ``(labels, star indices, simulate keyword arguments)`` → a schema batch. A module-level
+    function so that worker processes can receive it."""
+    labels, indices, settings = task
+    out = sim.simulate(labels, indices=indices, **settings)
+    return _batch_rows(out, indices, settings["universe"], settings["seed"])
+
+
+@contextmanager
+def _worker_pool(num_proc: int):
+    """A process pool of ``num_proc`` workers, or None for 1 (work in this process). Forked on Linux, so
+    the workers inherit the imported simulator, its line model and universe (spawned elsewhere, where
+    fork is unsafe or missing: each worker then imports and builds them once). Terminated on exit,
+    also on an error or Ctrl-C."""
+    if num_proc <= 1:
+        yield None
+        return
+    import multiprocessing
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    with multiprocessing.get_context(method).Pool(num_proc) as pool:
+        yield pool
+
+
+def _in_order(pool, function, tasks: Iterable, window: int):
+    """``function(task)`` for each task, in task order: in ``pool`` with at most ``window`` tasks in
+    flight (so finished batches never pile up in memory faster than they are written), or here
+    when ``pool`` is None. A task's exception is raised here, unchanged."""
+    if pool is None:
+        yield from map(function, tasks)
+        return
+    pending = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(function, (task,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -198,8 +264,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def run_simulate(args) -> int:
-    """``spectrafm simulate --universe U --n N --seed S --out DIR [--prior P] [--gap-off T ...]``."""
+    """``spectrafm simulate --universe U --n N --seed S --out DIR [--prior P] [--gap-off T ...]
+    [--num-proc N]`` (default: every available core)."""
     gap_config = None
+    num_proc = getattr(args, "num_proc", None)
     gap_off = list(getattr(args, "gap_off", None) or [])
     snr_min, snr_max = getattr(args, "snr_min", None), getattr(args, "snr_max", None)
     if gap_off or snr_min is not None or snr_max is not None:
@@ -217,7 +285,8 @@ def run_simulate(args) -> int:
                                       prior=getattr(args, "prior", None), gap_config=gap_config,
                                       batch_size=getattr(args, "batch_size", 256),
                                       progress=not getattr(args, "no_progress", False),
-                                      overwrite=getattr(args, "overwrite", False))
+                                      overwrite=getattr(args, "overwrite", False),
+                                      num_proc=available_cores() if num_proc is None else num_proc)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in dataset.items())
     print(f"wrote {args.out}: {args.universe} universe, {sizes} spectra")
     return 0

@@ -10,15 +10,17 @@ module             step
 :mod:`.data`       simulate or load the datasets; the arrays of every role (:class:`PipelineData`)
 :mod:`.train`      stage 1 → 2 → 3 (+ stage 3 from stage 1), the scratch transformer, the baselines
 :mod:`.evaluate`   test-set predictions and metrics of every model; the attention analyses
-:mod:`.report`     metrics.json, report.md + figures, predictions.npz, timings.json, the stage cards
+:mod:`.report`     metrics.json, report.md/.html + figures, predictions.npz, timings.json, the stage cards
 =================  ==============================================================================
 
 Run folder layout (``--out``)::
 
     stage1/ stage2/ stage3/ [stage3_from_stage1/] scratch_transformer/   checkpoints (+ state/, metrics.jsonl)
-    predictions.npz        test-set predictions of every model (FE_H; stage 2: all labels)
+    predictions.npz        test-set predictions of every model (FE_H; stage 2: all labels, with σ), the
+                           test stars' true labels and S/N (keys: spectrafm_hf.pipeline.report)
     metrics.json           see spectrafm_hf.training.report
-    report.md + *.png      the report
+    report.md + *.png      the report; report.html: the same with the figures embedded (one file);
+                           `spectrafm report RUN` redraws both from the files above
     timings.json           wall seconds per step
 
 The run ``seed`` (config or ``--seed``) sets the stage-3 star draw, initialisations and data order; the
