@@ -117,9 +117,9 @@ def _largest_difference(models, inputs) -> dict:
 def _configurations() -> list[tuple[str, str]]:
     """(code, allocator) pairs to time: both codes with the default allocator, and with heap reuse
     where the C library allows it."""
-    from spectrafm_hf.cpu_allocator import reuse_large_allocations
+    from spectrafm_hf import cpu_allocator
 
-    allocators = ["default", "heap"] if reuse_large_allocations(False) else ["default"]
+    allocators = ["default", "heap"] if cpu_allocator.available() else ["default"]
     return [(code, allocator) for allocator in allocators for code in ("old", "new")]
 
 
@@ -136,8 +136,8 @@ def compare(args) -> dict:
     configurations = _configurations()
     seconds = {(code, allocator, mode): [] for code, allocator in configurations for mode in ("fp32", "bf16", "train")}
     difference = _largest_difference(models, inputs)  # before the training steps make the weights differ
-    for model in models.values():  # warm-up
-        for bf16 in (False, True):
+    for model in models.values():  # warm-up, with the default allocator: its mmap threshold adapts as in
+        for bf16 in (False, True):  # any process before the first switch fixes it
             _inference_seconds(model, inputs, bf16, clock)
     for repeat in range(args.repeats):
         for mode in ("fp32", "bf16"):

@@ -31,18 +31,31 @@ _DEFAULT_MMAP_MAX = 65536
 _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 
 
+def available() -> bool:
+    """Whether :func:`reuse_large_allocations` can act here (Linux with glibc); changes nothing."""
+    return _mallopt() is not None
+
+
 def reuse_large_allocations(enable: bool = True) -> bool:
     """Serve large allocations from the heap (``mallopt(M_MMAP_MAX, 0)``) and keep up to 1 GB of freed
     memory for reuse (``M_TRIM_THRESHOLD``); ``enable=False`` restores glibc's defaults (an allocation
-    that finds no free heap block is mapped afresh again; the mmap threshold no longer adapts). Returns
-    False (and changes nothing) where the C library is not glibc, e.g. on macOS or Windows."""
-    if not sys.platform.startswith("linux"):
+    that finds no free heap block is mapped afresh again; glibc's mmap threshold stops adapting and
+    keeps its current value). Returns False (and changes nothing) where the C library is not glibc,
+    e.g. on macOS or Windows."""
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or another C library
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     mmap_max, trim = (0, TRIM_THRESHOLD_BYTES) if enable else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
     return bool(mallopt(_M_MMAP_MAX, mmap_max)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
+
+
+def _mallopt():
+    """glibc's ``mallopt`` via ctypes, or None where there is none (not Linux, musl, ...)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt
