@@ -83,7 +83,7 @@ def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
     """``spectrafm predict``: input, output, columns, precision, shards."""
     p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
     p.add_argument("--input", required=True,
-                   help="spectra: a dataset folder (save_to_disk), .parquet, .npz, FITS table, an aspcapStar/"
+                   help="spectra: a dataset folder (save_to_disk), .parquet, .npz, .csv, FITS table, an aspcapStar/"
                         "apStar file, or a folder or quoted glob of them (unreadable files are skipped)")
     p.add_argument("--split", default=None, help="dataset folders: the split to read (default: all splits)")
     p.add_argument("--request", action="append", required=True, metavar="LABEL",

@@ -2,7 +2,7 @@
 
 What ``spectrafm finetune`` trains and evaluates on. Inputs are whatever
 :func:`~spectrafm_hf.data.sources.open_source` reads: a dataset folder (``save_to_disk`` layout, one
-split), a Parquet / FITS / npz table of spectra with a wavelength grid, or a folder (or glob) of
+split), a Parquet / FITS / npz / CSV table of spectra with a wavelength grid, or a folder (or glob) of
 aspcapStar / apStar files. Labels come from columns the user names (``{"FE_H": "feh_apogee"}``), of the
 input itself or of a separate label table joined on the star id (:func:`read_label_table`: CSV,
 FITS or Parquet). A label's reported 1σ is the column ``<column>_ERR`` when there is one. NaN = unknown.

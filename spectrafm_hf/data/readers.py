@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .csv_spectra import is_csv, read_csv_spectra
 from .labels import LABEL_COLUMNS
 from .spectra_input import SpectraInput
 from .tables import read_fits_table, read_npz, read_parquet, split_reference
@@ -231,10 +232,10 @@ def apogee_kind(path: Path) -> str | None:
 def read_spectra(path: str | Path, split: str | None = None) -> SpectraInput:
     """Read any supported spectra input (``spectrafm predict --input``).
 
-    Supported: ``.npz``; ``.parquet``; a FITS binary table with wavelength/flux columns; an
-    aspcapStar or apStar file (``.fits`` or ``.fits.gz``; apStar is continuum-normalised); a
-    dataset folder saved by this project, ``save_to_disk`` or Hub layout (``split`` picks one split;
-    default all).
+    Supported: ``.npz``; ``.parquet``; ``.csv`` / ``.csv.gz`` (:mod:`.csv_spectra`); a FITS binary
+    table with wavelength/flux columns; an aspcapStar or apStar file (``.fits`` or ``.fits.gz``; apStar
+    is continuum-normalised); a dataset folder saved by this project, ``save_to_disk`` or Hub layout
+    (``split`` picks one split; default all).
     """
     path = Path(path)
     if not path.exists():
@@ -250,10 +251,12 @@ def read_spectra(path: str | Path, split: str | None = None) -> SpectraInput:
         return read_npz(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         return read_parquet(path)
+    if is_csv(path):
+        return read_csv_spectra(path)
     if name.endswith(FITS_SUFFIXES):
         kind = apogee_kind(path)
         return read_fits_table(path) if kind is None else read_apogee_spectrum(path, kind)
     raise ValueError(
-        f"{path}: unsupported input format {path.suffix!r}; supported: .npz, .parquet, FITS table, "
+        f"{path}: unsupported input format {path.suffix!r}; supported: .npz, .parquet, .csv, FITS table, "
         "aspcapStar/apStar .fits, or a dataset folder"
     )

@@ -20,7 +20,7 @@ Hub-layout dataset folder  its ``data/<split>-*.parquet`` shards in order, each 
 ``--split``                ``wavelength.json`` or the shards
 folder or glob of          one file per star, read when its row is; an unreadable file is
 aspcapStar / apStar        skipped (``SpectraInput.skipped``), never fatal
-npz, FITS table, one       loaded whole at open (small inputs; for a survey use a dataset folder
+npz, CSV, FITS table, one  loaded whole at open (small inputs; for a survey use a dataset folder
 APOGEE file                or Parquet)
 =========================  ==================================================================
 
@@ -94,7 +94,7 @@ def _default_ids(path: Path, start: int, stop: int) -> np.ndarray:
 
 
 class ArraySource(SpectraSource):
-    """An input loaded whole (npz, FITS table, one APOGEE file), served in blocks."""
+    """An input loaded whole (npz, CSV, FITS table, one APOGEE file), served in blocks."""
 
     def __init__(self, path: Path, spectra: SpectraInput):
         self.path = path

@@ -6,7 +6,8 @@
 Inputs (``--train``, ``--validation``, ``--test``, ``--rehearsal-data``) are anything
 :func:`spectrafm_hf.data.sources.open_source` reads: a dataset folder (``spectrafm build-apogee`` /
 ``simulate`` output; ``--<role>-split`` picks the split, default the role's name when the folder has
-it), a Parquet / FITS / npz table of spectra with a wavelength grid, or a folder (or quoted glob) of
+it), a Parquet / FITS / npz / CSV table of spectra with a wavelength grid (CSV: a row per pixel or a
+column per pixel, :mod:`spectrafm_hf.data.csv_spectra`), or a folder (or quoted glob) of
 aspcapStar / apStar files. ``--labels FE_H,TEFF`` names the model's labels and their columns
 (``FE_H=feh_column`` for another column name), in the input or in ``--label-table`` (CSV, FITS or
 Parquet, joined on the star id); ``<column>_ERR`` is the label's 1σ when present. NaN = unknown: left
@@ -49,7 +50,7 @@ DEFAULTS = {"max_steps": 600, "batch_size": 32, "learning_rate": 1e-3, "warmup_s
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """Declare ``spectrafm finetune``'s arguments."""
     p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id to start from (e.g. a stage 2)")
-    p.add_argument("--train", required=True, help="training stars: dataset folder, Parquet/FITS/npz table, or "
+    p.add_argument("--train", required=True, help="training stars: dataset folder, Parquet/FITS/npz/CSV table, or "
                    "aspcapStar/apStar files (folder or quoted glob)")
     p.add_argument("--labels", required=True,
                    help="labels to fine-tune, comma-separated; LABEL=COLUMN when the column has another name")
