@@ -49,7 +49,8 @@ import torch
 #: The files that travel with every checkpoint as remote code (siblings of this module). Adding one
 #: (e.g. a custom pipeline module) is this one line: ``save_checkpoint`` then copies it if no registered
 #: class saved it, checks it is self-contained, and ``spectrafm publish`` requires it.
-MODEL_CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py")
+MODEL_CODE_FILES = ("configuration_spectrafm.py", "modeling_spectrafm.py", "feature_extraction_spectrafm.py",
+                    "pipeline_spectrafm.py")
 
 #: Files of a complete checkpoint folder (README.md only when a card was given).
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", *MODEL_CODE_FILES)
@@ -97,8 +98,9 @@ def check_self_contained(path: str | Path) -> None:
 def check_travelling_code(folder: str | Path) -> None:
     """Raise ``ValueError`` unless ``folder`` carries what remote-code loading needs: every file of
     :data:`MODEL_CODE_FILES`, each self-contained; ``config.json``'s auto_map with
-    :data:`REQUIRED_AUTO_MAP_KEYS` and a task class; ``preprocessor_config.json``'s own auto_map
-    (AutoFeatureExtractor reads only that one once ``feature_extractor_type`` is set)."""
+    :data:`REQUIRED_AUTO_MAP_KEYS` and a task class, and its ``custom_pipelines`` entry for the pipeline
+    task; ``preprocessor_config.json``'s own auto_map (AutoFeatureExtractor reads only that one once
+    ``feature_extractor_type`` is set)."""
     folder = Path(folder)
     missing = [name for name in MODEL_CODE_FILES if not (folder / name).is_file()]
     if missing:
@@ -112,6 +114,11 @@ def check_travelling_code(folder: str | Path) -> None:
         absent.append("a task class (AutoModelFor...)")
     if "AutoFeatureExtractor" not in _auto_map_of(folder / "preprocessor_config.json"):
         absent.append("AutoFeatureExtractor in preprocessor_config.json")
+    config_path = folder / "config.json"
+    pipelines = (json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}) \
+        .get("custom_pipelines") or {}
+    if not any(str(spec.get("impl", "")).startswith("pipeline_spectrafm.") for spec in pipelines.values()):
+        absent.append("the pipeline task in config.json's custom_pipelines")
     if absent:
         raise ValueError(f"{folder}: auto_map lacks {', '.join(absent)}; save with the classes of spectrafm_hf "
                          "after importing it (registration.py sets the full map)")

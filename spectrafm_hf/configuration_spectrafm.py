@@ -5,6 +5,8 @@ standard library).
 """
 
 import math
+import shutil
+from pathlib import Path
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
@@ -111,6 +113,13 @@ class SpectraFMConfig(PreTrainedConfig):
     #: :meth:`save_pretrained` writes this whole map. None where this file runs as remote code: there the
     #: config was read from a ``config.json`` that already carries the map.
     family_auto_map: ClassVar[dict[str, str] | None] = None
+    #: ``{task: {"impl": "pipeline_spectrafm.SpectraFMLabelPipeline", ...}}`` (the transformers pipeline task
+    #: of the family, ``pipeline_spectrafm.CUSTOM_PIPELINES``), set by ``registration.py``. :meth:`save_pretrained`
+    #: writes it as ``custom_pipelines`` and copies ``pipeline_spectrafm.py`` beside the config, so every save
+    #: route carries the task for ``trust_remote_code`` users. Where the package is installed the task is
+    #: registered locally, and a loaded config drops these entries: transformers would otherwise insist on
+    #: ``trust_remote_code`` for a task the installed package already provides.
+    family_custom_pipelines: ClassVar[dict | None] = None
 
     d_model: int = 256
     encoder_heads: list[int] | tuple[int, ...] = (16, 8)
@@ -147,6 +156,9 @@ class SpectraFMConfig(PreTrainedConfig):
                 str(k): [float(v[0]), float(v[1])] for k, v in self.named_token_statistics.items()
             }
         super().__post_init__(**kwargs)
+        if self.family_custom_pipelines and getattr(self, "custom_pipelines", None):
+            self.custom_pipelines = {task: spec for task, spec in self.custom_pipelines.items()
+                                     if task not in self.family_custom_pipelines}
         self.validate()
 
     # ---- derived values -------------------------------------------------------------------
@@ -184,10 +196,20 @@ class SpectraFMConfig(PreTrainedConfig):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """``PreTrainedConfig.save_pretrained``, with ``auto_map`` naming every Auto class of the family
         (:attr:`family_auto_map`), so ``AutoModel``, the task class and ``AutoFeatureExtractor`` all load
-        the folder with ``trust_remote_code=True`` whichever model class was saved."""
+        the folder with ``trust_remote_code=True`` whichever model class was saved; and with the pipeline
+        task (:attr:`family_custom_pipelines`: ``custom_pipelines`` plus ``pipeline_spectrafm.py``)."""
         if self.family_auto_map:
             self.auto_map = {**(getattr(self, "auto_map", None) or {}), **self.family_auto_map}
-        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        had_pipelines, pipelines = hasattr(self, "custom_pipelines"), getattr(self, "custom_pipelines", None)
+        if self.family_custom_pipelines and _copy_pipeline_code(save_directory):
+            self.custom_pipelines = {**(pipelines or {}), **self.family_custom_pipelines}
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:  # in memory the config keeps relying on the local registration of the task
+            if had_pipelines:
+                self.custom_pipelines = pipelines
+            elif hasattr(self, "custom_pipelines"):
+                del self.custom_pipelines
 
     def validate(self):
         """Check the architecture is consistent (called on construction and by ``save_pretrained``)."""
@@ -223,3 +245,21 @@ class SpectraFMConfig(PreTrainedConfig):
 
 
 __all__ = ["SpectraFMConfig"]
+
+
+#: The transformers pipeline module that travels beside the model code (a sibling of this file).
+PIPELINE_CODE_FILE = "pipeline_spectrafm.py"
+
+
+def _copy_pipeline_code(save_directory) -> bool:
+    """Copy :data:`PIPELINE_CODE_FILE` into ``save_directory``; False when this copy of the code has none
+    beside it (remote code loaded from a folder that lacked it), so no ``custom_pipelines`` entry is written."""
+    source = Path(__file__).resolve().parent / PIPELINE_CODE_FILE
+    if not source.is_file():
+        return False
+    target = Path(save_directory) / PIPELINE_CODE_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_file() or target.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, target)
+    return True
+

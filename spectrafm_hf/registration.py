@@ -15,6 +15,10 @@ Two registrations per class, both from the one table :data:`AUTO_CLASSES`:
 ``register_for_auto_class`` records only the class being saved (a task model would map just
 ``AutoConfig`` and ``AutoModelForPreTraining``), so the full map is also handed to the config class
 (:attr:`SpectraFMConfig.family_auto_map`), whose ``save_pretrained`` writes it into ``config.json``.
+
+The transformers pipeline task ``"stellar-label-prediction"`` (:mod:`.pipeline_spectrafm`) is registered
+here too (``PIPELINE_REGISTRY``), and :attr:`SpectraFMConfig.family_custom_pipelines` makes every save
+route write ``custom_pipelines`` and copy ``pipeline_spectrafm.py`` for remote-code users.
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
@@ -22,6 +26,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelF
 from .configuration_spectrafm import SpectraFMConfig
 from .feature_extraction_spectrafm import SpectraFMFeatureExtractor
 from .modeling_spectrafm import SpectraFMForLabelPrediction, SpectraFMModel
+from .pipeline_spectrafm import CUSTOM_PIPELINES, register_pipeline
 
 #: The task Auto class that maps to ``SpectraFMForLabelPrediction`` (there is no AutoModelForRegression).
 TASK_AUTO_CLASS = "AutoModelForPreTraining"
@@ -49,3 +54,8 @@ AutoFeatureExtractor.register(SpectraFMConfig, SpectraFMFeatureExtractor, exist_
 for _auto_class, _cls in AUTO_CLASSES.items():
     _cls.register_for_auto_class(_auto_class)
 SpectraFMConfig.family_auto_map = {name: remote_code_reference(cls) for name, cls in AUTO_CLASSES.items()}
+
+# The pipeline task: registered here, so `transformers.pipeline("stellar-label-prediction", model=folder)`
+# works without remote code and reads spectra files; and written by every save route (config.save_pretrained).
+register_pipeline(file_reader="spectrafm_hf.data.readers:read_spectra")
+SpectraFMConfig.family_custom_pipelines = CUSTOM_PIPELINES

@@ -6,58 +6,41 @@ cannot import ``spectrafm_hf`` (``trust_remote_code=True``), giving the numbers 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import pipeline
+from _isolated_child import REPO, run_isolated
+from transformers import AutoModelForPreTraining, pipeline
 
 from spectrafm_hf import SpectraFMConfig, SpectraFMFeatureExtractor
 from spectrafm_hf.checkpoints import check_self_contained, save_checkpoint
 from spectrafm_hf.modeling_spectrafm import SpectraFMForLabelPrediction
-from spectrafm_hf.pipeline_spectrafm import CUSTOM_PIPELINES, TASK, SpectraFMLabelPipeline, register_pipeline
+from spectrafm_hf.pipeline_spectrafm import CUSTOM_PIPELINES, TASK, SpectraFMLabelPipeline
 from spectrafm_hf.predict import predict_labels
 
-REPO = Path(__file__).resolve().parents[1]
 REQUEST = ["FE_H", "TEFF"]
 READER = "spectrafm_hf.data.readers:read_spectra"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny random checkpoint written by ``save_checkpoint``, carrying the pipeline file and the
-    ``custom_pipelines`` entry (added here while the checkpoint writer does not add them yet)."""
+    """A tiny random checkpoint written by ``save_checkpoint``: it carries ``pipeline_spectrafm.py`` and
+    the ``custom_pipelines`` entry like every save route."""
     torch.manual_seed(0)
     model = SpectraFMForLabelPrediction(SpectraFMConfig.tiny()).eval()
     fe = SpectraFMFeatureExtractor(flux_median=0.98, flux_std=0.05, trained_wavelength_range=[15100.0, 17000.0],
                                    context_length=64)
-    folder = save_checkpoint(model, fe, tmp_path_factory.mktemp("ckpt") / "tiny")
-    if not (folder / "pipeline_spectrafm.py").is_file():
-        shutil.copyfile(REPO / "spectrafm_hf" / "pipeline_spectrafm.py", folder / "pipeline_spectrafm.py")
-    config = json.loads((folder / "config.json").read_text())
-    if "custom_pipelines" not in config:
-        config["custom_pipelines"] = CUSTOM_PIPELINES
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    return save_checkpoint(model, fe, tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")
-def installed(checkpoint, tmp_path_factory):
-    """The pipeline as an installed-package user gets it: the task registered (as ``import spectrafm_hf``
-    does), built by ``transformers.pipeline`` from a folder without a ``custom_pipelines`` entry."""
-    folder = tmp_path_factory.mktemp("plain") / "tiny"
-    shutil.copytree(checkpoint, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.pop("custom_pipelines")
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    register_pipeline(file_reader=READER)
-    return pipeline(TASK, model=str(folder), device="cpu")
+def installed(checkpoint):
+    """The pipeline as an installed-package user gets it: ``import spectrafm_hf`` registered the task, so
+    ``transformers.pipeline`` builds the package's class from the folder without ``trust_remote_code``,
+    although the folder's config names the remote-code pipeline too."""
+    return pipeline(TASK, model=str(checkpoint), device="cpu")
 
 
 def spectra(n: int = 4, n_pixels: int = 300, seed: int = 0) -> dict:
@@ -138,61 +121,46 @@ def test_bad_inputs_are_refused_in_one_line(installed, monkeypatch):
         installed("spectra.npz")
 
 
-def test_the_pipeline_file_travels_self_contained(checkpoint):
+def test_import_registers_the_task_and_every_save_route_carries_the_pipeline(checkpoint, installed, tmp_path):
+    """``import spectrafm_hf`` alone registers the task with file reading (no call by the user), and
+    ``save_pretrained`` (which push_to_hub and Trainer.save_model call) writes the pipeline file and the
+    ``custom_pipelines`` entry; in memory a loaded config drops the entry, so the installed class wins."""
+    assert type(installed) is SpectraFMLabelPipeline and SpectraFMLabelPipeline.file_reader == READER
     check_self_contained(checkpoint / "pipeline_spectrafm.py")
+    assert (checkpoint / "pipeline_spectrafm.py").read_bytes() == (REPO / "spectrafm_hf" / "pipeline_spectrafm.py") \
+        .read_bytes()
     assert json.loads((checkpoint / "config.json").read_text())["custom_pipelines"] == CUSTOM_PIPELINES
+    model = AutoModelForPreTraining.from_pretrained(checkpoint)
+    assert TASK not in (getattr(model.config, "custom_pipelines", None) or {})
+    model.save_pretrained(tmp_path / "resaved")  # a plain transformers save of a loaded model
+    assert json.loads((tmp_path / "resaved" / "config.json").read_text())["custom_pipelines"] == CUSTOM_PIPELINES
+    assert (tmp_path / "resaved" / "pipeline_spectrafm.py").is_file()
+    assert TASK not in (getattr(model.config, "custom_pipelines", None) or {})  # memory unchanged by the save
 
 
-# Runs in a fresh interpreter that cannot import spectrafm_hf (as tests/test_remote_code.py's child).
-CHILD = textwrap.dedent('''
-    import importlib.abc, json, os, sys
-    REPO = {repo!r}
-
-    class BlockSpectraFM(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "spectrafm_hf" or name.startswith("spectrafm_hf."):
-                raise ModuleNotFoundError("spectrafm_hf is blocked in this process: " + name)
-            return None
-
-    sys.meta_path.insert(0, BlockSpectraFM())
-    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(REPO)]
-    import numpy as np, torch
-    torch.set_num_threads(1)
+# The child's work after the isolating preamble (tests/_isolated_child.py): the pipeline from remote code.
+CHILD = '''
     from transformers import pipeline
-
-    job = json.load(open(sys.argv[1]))
-    try:
-        import spectrafm_hf  # noqa: F401
-        raise SystemExit("spectrafm_hf was importable: the test would prove nothing")
-    except ModuleNotFoundError:
-        pass
     pipe = pipeline("stellar-label-prediction", model=job["model"], trust_remote_code=True, device="cpu")
     data = np.load(job["inputs"])
-    rows = pipe({{"wavelength": data["wavelength"], "flux": data["flux"], "mask": data["mask"]}}, labels=job["request"])
+    rows = pipe({"wavelength": data["wavelength"], "flux": data["flux"], "mask": data["mask"]}, labels=job["request"])
     try:
         pipe("spectra.npz")
         refused = ""
     except ValueError as error:
         refused = str(error)
-    json.dump({{"rows": rows, "module": type(pipe).__module__, "model_module": type(pipe.model).__module__,
-               "refused": refused}}, open(job["output"], "w"))
-''')
+    json.dump({"rows": rows, "module": type(pipe).__module__, "model_module": type(pipe.model).__module__,
+               "refused": refused}, open(job["output"], "w"))
+'''
 
 
 def test_remote_code_pipeline_without_the_package_gives_the_same_numbers(checkpoint, installed, tmp_path):
     data = spectra(n=3, seed=4)
     inputs = tmp_path / "spectra.npz"
     np.savez(inputs, wavelength=data["wavelength"], flux=data["flux"], mask=data["mask"])
-    script, job, output = tmp_path / "child.py", tmp_path / "job.json", tmp_path / "out.json"
-    script.write_text(CHILD.format(repo=str(REPO)))
-    job.write_text(json.dumps({"model": str(checkpoint), "inputs": str(inputs), "request": REQUEST,
-                               "output": str(output)}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON"))}
-    env.update({"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "HF_HUB_CACHE": str(tmp_path / "empty_cache")})
-    done = subprocess.run([sys.executable, "-I", str(script), str(job)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    output = tmp_path / "out.json"
+    run_isolated(tmp_path, CHILD, {"model": str(checkpoint), "inputs": str(inputs), "request": REQUEST,
+                                   "output": str(output)})
     child = json.loads(output.read_text())
     # the child really ran the code that travelled with the checkpoint
     assert child["module"].startswith("transformers_modules") and child["module"].endswith("pipeline_spectrafm")

@@ -101,7 +101,7 @@ def test_upload_makes_exactly_these_calls(make_folder, tmp_path, fake_hub, capsy
                                "revision": "stage3", "commit_message": "stage 3",
                                "allow_patterns": expected_files}),
     ]
-    assert "uploaded 7 files to org/spectrafm (branch stage3)" in capsys.readouterr().out
+    assert "uploaded 8 files to org/spectrafm (branch stage3)" in capsys.readouterr().out
     assert _snapshot(folder) == before
 
 
@@ -128,7 +128,7 @@ def test_dry_run_lists_files_with_sizes_and_never_touches_the_hub(make_folder, t
     assert any(line.startswith("model.safetensors") and f"{size} B" in line and "KiB)" in line
                for line in out.splitlines())
     assert ".cache" not in out and "junk" not in out
-    assert "7 files" in out
+    assert "8 files" in out
     assert _snapshot(folder) == before
 
 
@@ -240,7 +240,7 @@ def test_a_rendered_card_is_re_rendered_for_the_repo_id(rendered_checkpoint, fak
         if name != "README.md":
             assert hashlib.sha256(content).hexdigest() == before[name]
     assert _snapshot(folder) == before
-    assert "uploaded 7 files to org/spectrafm-stage3" in capsys.readouterr().out
+    assert "uploaded 8 files to org/spectrafm-stage3" in capsys.readouterr().out
 
 
 def test_an_unrendered_placeholder_card_is_refused(make_folder, tmp_path, fake_hub):

@@ -5,69 +5,42 @@ fresh Python process that CANNOT import ``spectrafm_hf``, and predicts exactly w
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _isolated_child import REPO, run_isolated
 
 from spectrafm_hf import SpectraFMConfig, SpectraFMFeatureExtractor
 from spectrafm_hf.checkpoints import MODEL_CODE_FILES, check_self_contained, save_checkpoint
 from spectrafm_hf.hub.cards import CardInfo, render_card
 from spectrafm_hf.modeling_spectrafm import SpectraFMForLabelPrediction
 
-REPO = Path(__file__).resolve().parents[1]
 REQUEST = ["FE_H", "TEFF"]
 
-# Runs in the child process: blocks every import of spectrafm_hf (even an installed/editable one),
-# drops the repository from sys.path, loads each checkpoint and writes its predictions.
-CHILD = textwrap.dedent('''
-    import importlib.abc, json, os, sys
-    REPO = {repo!r}
-
-    class BlockSpectraFM(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "spectrafm_hf" or name.startswith("spectrafm_hf."):
-                raise ModuleNotFoundError("spectrafm_hf is blocked in this process: " + name)
-            return None
-
-    sys.meta_path.insert(0, BlockSpectraFM())
-    # the repository root is where spectrafm_hf lives (the venv inside it stays: torch etc. are there)
-    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.realpath(REPO)]
-
-    import numpy as np, torch
-    torch.set_num_threads(1)
-    from transformers import AutoFeatureExtractor, AutoModel
-    import transformers
-
-    job = json.load(open(sys.argv[1]))
-    try:
-        import spectrafm_hf  # noqa: F401
-        raise SystemExit("spectrafm_hf was importable: the test would prove nothing")
-    except ModuleNotFoundError:
-        pass
+# The child's work after the isolating preamble: load each checkpoint and write its predictions.
+CHILD = '''
     if job.get("import_package"):  # the "installed package" case: lift the block, import it
         sys.meta_path.pop(0)
         sys.path.insert(0, REPO)
         import spectrafm_hf  # noqa: F401
+    import transformers
+    from transformers import AutoFeatureExtractor
     data = np.load(job["inputs"])
-    result = {{}}
+    result = {}
     for i, source in enumerate(job["sources"]):
-        kwargs = {{"trust_remote_code": True}} if job["remote"] else {{}}
+        kwargs = {"trust_remote_code": True} if job["remote"] else {}
         model = getattr(transformers, job.get("auto_class", "AutoModel")).from_pretrained(source, **kwargs).eval()
         fe = AutoFeatureExtractor.from_pretrained(source, **kwargs)
         batch = fe(data["wavelength"], data["flux"], mask=data["mask"], request=job["request"])
         with torch.no_grad():
             out = model(**batch)
         value, sigma = fe.to_physical(job["request"], out.mean, out.log_variance)
-        result[f"value_{{i}}"], result[f"sigma_{{i}}"] = value, sigma
-        result[f"module_{{i}}"] = np.array([type(model).__module__, type(fe).__module__])
+        result[f"value_{i}"], result[f"sigma_{i}"] = value, sigma
+        result[f"module_{i}"] = np.array([type(model).__module__, type(fe).__module__])
     np.savez(job["output"], **result)
-''')
+'''
 
 
 def make_tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
@@ -118,22 +91,12 @@ def predict_with(model, fe, inputs: Path, request=REQUEST):
 
 def run_child(tmp_path: Path, sources: list[str], inputs: Path, remote: bool, env_extra: dict | None = None,
               import_package: bool = False, auto_class: str = "AutoModel") -> dict:
-    """Run CHILD in a fresh, isolated interpreter (``-I``: no PYTHONPATH, no user site, no cwd on
-    sys.path) started in ``tmp_path``; return its predictions (models loaded with ``auto_class``)."""
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO)))
-    job = tmp_path / "job.json"
+    """Run CHILD in a process that cannot import spectrafm_hf (:func:`run_isolated`); return its
+    predictions (models loaded with ``auto_class``)."""
     output = tmp_path / f"child_out_{len(list(tmp_path.glob('child_out_*')))}.npz"
-    job.write_text(json.dumps({"sources": sources, "inputs": str(inputs), "request": REQUEST, "remote": remote,
-                               "output": str(output), "import_package": import_package,
-                               "auto_class": auto_class}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON"))}
-    env.update({"HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1",
-                "OMP_NUM_THREADS": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")})
-    env.update(env_extra or {})
-    result = subprocess.run([sys.executable, "-I", str(script), str(job)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_isolated(tmp_path, CHILD, {"sources": sources, "inputs": str(inputs), "request": REQUEST, "remote": remote,
+                                   "output": str(output), "import_package": import_package,
+                                   "auto_class": auto_class}, env_extra)
     with np.load(output) as data:
         return {k: data[k] for k in data.files}
 
@@ -173,15 +136,8 @@ def test_remote_code_reproduces_installed_predictions_exactly(tiny, tmp_path):
 def test_without_trust_remote_code_the_child_cannot_load(tiny, tmp_path):
     """Control: the child's import block works (without remote code, nothing can build the model)."""
     inputs = make_inputs(tmp_path / "spectra.npz", n=1)
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO)))
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps({"sources": [str(tiny)], "inputs": str(inputs), "request": REQUEST,
-                               "remote": False, "output": str(tmp_path / "x.npz")}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON"))}
-    env.update({"HF_MODULES_CACHE": str(tmp_path / "m"), "HF_HUB_OFFLINE": "1"})
-    result = subprocess.run([sys.executable, "-I", str(script), str(job)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_isolated(tmp_path, CHILD, {"sources": [str(tiny)], "inputs": str(inputs), "request": REQUEST,
+                                            "remote": False, "output": str(tmp_path / "x.npz")}, check=False)
     assert result.returncode != 0
     assert "trust_remote_code" in result.stderr
 
