@@ -28,6 +28,7 @@ transformers and its siblings.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -179,24 +180,35 @@ class SpectraFMLabelPipeline(Pipeline):
 
 
 def standardised_predictions(model, feature_extractor, prepared, request: list[str], context_length: int | None,
-                             spectra_per_batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+                             spectra_per_batch: int, device: torch.device | None = None, autocast=None,
+                             progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Standardised (mean, log_variance), each (N, Q), of prepared spectra (``feature_extractor.prepare``
     with ``assess=True``): the stars the quality checks refuse are not run (NaN), the others go through
     the model ``spectra_per_batch`` at a time, read whole (``context_length`` None) or in chunks of
-    that many pixels combined per star (``feature_extractor.combine_chunks``)."""
+    that many pixels combined per star (``feature_extractor.combine_chunks``). The one loop behind both
+    this pipeline and ``spectrafm_hf.predict_labels``.
+
+    Args:
+        device: where the model runs (default: where its parameters are).
+        autocast: a context manager entered around each forward pass (e.g. ``torch.autocast`` for bf16).
+        progress: ``progress(batch_starts, total)`` → an iterable of the same starts (e.g. a tqdm bar).
+    """
     n = len(prepared)
     mean = np.full((n, len(request)), np.nan)
     log_variance = np.full((n, len(request)), np.nan)
     accepted = np.flatnonzero(~prepared.quality.refused)
+    device = next(model.parameters()).device if device is None else device
+    starts = range(0, accepted.size, spectra_per_batch)
+    starts = progress(starts, len(starts)) if progress is not None else starts
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, accepted.size, spectra_per_batch):
+        for start in starts:
             rows = accepted[start : start + spectra_per_batch]
             batch = feature_extractor.tokenize(prepared.select(rows), request=request, context_length=context_length,
                                                sampling="all", return_tensors="pt")
             spectrum_index = batch.pop("spectrum_index", None)
-            with torch.inference_mode():
+            with torch.inference_mode(), (autocast if autocast is not None else contextlib.nullcontext()):
                 out = model(**{key: value.to(device) for key, value in batch.items()})
             if spectrum_index is None:
                 mean[rows], log_variance[rows] = out.mean.float().cpu().numpy(), out.log_variance.float().cpu().numpy()

@@ -261,53 +261,18 @@ def _context_length(context: str | int | None) -> int | None:
 def _predict_standardised(model, feature_extractor, prepared: PreparedSpectra, request: list[str],
                           context_length: int | None, batch_size: int, autocast, progress: bool):
     """Standardised (mean, log_variance), each (N, Q), of the stars the quality checks accept; NaN
-    for refused ones (they are not run)."""
-    n = len(prepared)
-    mean = np.full((n, len(request)), np.nan)
-    log_variance = np.full((n, len(request)), np.nan)
-    accepted = np.flatnonzero(~prepared.quality.refused)
-    if accepted.size == 0:
-        return mean, log_variance
-    run = prepared if accepted.size == n else prepared.select(accepted)
-    mean[accepted], log_variance[accepted] = _run_model(model, feature_extractor, run, request, context_length,
-                                                        batch_size, autocast, progress)
-    return mean, log_variance
+    for refused ones (they are not run). The loop is the transformers pipeline's, so both give the
+    same numbers."""
+    from ..pipeline_spectrafm import standardised_predictions
+
+    return standardised_predictions(model, feature_extractor, prepared, request, context_length, batch_size,
+                                    autocast=autocast, progress=_progress_bar if progress else None)
 
 
-@torch.inference_mode()
-def _run_model(model, feature_extractor, prepared: PreparedSpectra, request: list[str],
-               context_length: int | None, batch_size: int, autocast, progress: bool):
-    """The model's standardised (mean, log_variance), each (N, Q), ``batch_size`` spectra at a time
-    (chunks combined per star) inside ``autocast``; the model's train/eval mode is restored afterwards."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n = len(prepared)
-    mean = np.empty((n, len(request)))
-    log_variance = np.empty((n, len(request)))
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+def _progress_bar(starts, total: int):
+    from tqdm.auto import tqdm
 
-        starts = tqdm(starts, total=len(starts), desc="predict", unit="batch")
-    try:
-        for start in starts:
-            part = slice(start, min(start + batch_size, n))
-            batch = feature_extractor.tokenize(prepared.select(part), request=request,
-                                               context_length=context_length, sampling="all", return_tensors="pt")
-            spectrum_index = batch.pop("spectrum_index", None)
-            with autocast:
-                out = model(**{k: v.to(device) for k, v in batch.items()})
-            if spectrum_index is None:
-                mean[part] = out.mean.float().cpu().numpy()
-                log_variance[part] = out.log_variance.float().cpu().numpy()
-            else:
-                mean[part], log_variance[part] = feature_extractor.combine_chunks(
-                    spectrum_index, out.mean.float(), out.log_variance.float(), n_spectra=part.stop - part.start
-                )
-    finally:
-        model.train(was_training)
-    return mean, log_variance
+    return tqdm(starts, total=total, desc="predict", unit="batch")
 
 
 def _label_predictions(request: list[str], values: np.ndarray, errors: np.ndarray,
