@@ -36,8 +36,9 @@ def add_command_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--n", type=int, required=True, help="number of spectra")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, help="output dataset folder")
-        p.add_argument("--prior", choices=["apogee", "wide"], default=None,
-                       help="label prior (default: wide for synthetic, apogee for observed)")
+        p.add_argument("--prior", default=None,
+                       help="label prior: apogee, wide (20%% of stars at [Fe/H] -2.5..-1) or wide<P> (P%% there); "
+                            "default: wide for synthetic, apogee for observed")
         p.add_argument("--overwrite", action="store_true")
         p.add_argument("--batch-size", type=int, default=256,
                        help="stars simulated at once (results do not depend on it)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spectrafm_hf.data.prior import FEH_QUANTILES, sample_labels
+from spectrafm_hf.data.prior import FEH_QUANTILES, metal_poor_share, sample_labels
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,26 @@ def test_wide_prior_has_a_metal_poor_tail():
     wide = sample_labels(4000, seed=11, prior="wide")
     assert 0.18 < np.mean(wide["FE_H"] < -1.0) < 0.27
     assert wide["FE_H"].min() >= FEH_QUANTILES[0, 1]
+
+
+def test_wide_percent_priors_nest_their_metal_poor_stars_and_wide20_is_wide():
+    """The scaling study's knob: ``wide<P>`` puts P % of stars in [Fe/H] −2.5..−1; a smaller P's metal-poor
+    stars are a subset of a larger P's, and every other label of a star is the same."""
+    labels = {prior: sample_labels(4000, seed=5, prior=prior) for prior in ("apogee", "wide5", "wide20", "wide",
+                                                                              "wide50")}
+    for key in labels["wide"]:
+        np.testing.assert_array_equal(labels["wide20"][key], labels["wide"][key])
+    below = {prior: values["FE_H"] < -1.0 for prior, values in labels.items()}
+    share = {prior: float(np.mean(flags)) for prior, flags in below.items()}
+    assert share["apogee"] < 0.04 and 0.05 < share["wide5"] < 0.09 and 0.48 < share["wide50"] < 0.55
+    assert np.all(below["wide5"] <= below["wide20"]) and np.all(below["wide20"] <= below["wide50"])
+    assert np.all(below["apogee"] <= below["wide5"])
+    for name in ("VMACRO", "VSINI", "C_FE"):  # draws that do not depend on [Fe/H]: unchanged by the knob
+        np.testing.assert_array_equal(labels["wide5"][name], labels["wide50"][name])
+    assert metal_poor_share("wide2.5") == 0.025
+    for bad in ("wide0", "wide101", "widex", "Wide", ""):
+        with pytest.raises(ValueError, match="'wide<P>' with 0 < P <= 100"):
+            metal_poor_share(bad)
 
 
 def test_star_labels_do_not_depend_on_n_or_offset():

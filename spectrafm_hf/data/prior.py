@@ -19,6 +19,10 @@ Two priors:
 
 ``"wide"`` (for pre-training on synthetic spectra): the same, except that 20 % of stars get [Fe/H]
 uniform in [−2.5, −1.0] (≈ 22 % below −1 in total), so a synthetic grid covers the metal-poor regime.
+``"wide<P>"`` (e.g. ``"wide5"``, ``"wide50"``): the same with P % of stars drawn there instead of 20 %
+(the knob of the scaling study: how many metal-poor spectra pre-training sees at a fixed size). The
+metal-poor stars of a smaller P are a subset of those of a larger P (same seed), and ``"wide20"`` is
+``"wide"``.
 
 Every star's draws come from its own random stream keyed by (seed, star index), so star ``i`` has the
 same labels whatever ``n`` or batching.
@@ -32,6 +36,8 @@ from scipy.special import ndtri
 from .simulator import REPORTED_ERRORS
 
 PRIORS = ("apogee", "wide")
+#: Share of stars the "wide" prior draws uniformly in [Fe/H] [−2.5, −1.0].
+WIDE_METAL_POOR_FRACTION = 0.20
 _STREAM_PRIOR = 7
 _N_UNIFORMS = 26
 
@@ -69,8 +75,7 @@ def sample_labels(n: int, seed: int = 0, prior: str = "apogee", start_index: int
     N_FE (true values), ``<LABEL>_ERR`` (reported 1σ errors) and boolean ``<LABEL>_MISSING`` for the
     three abundances (the reported label of an "observed" star is NaN there).
     """
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    extra_metal_poor = metal_poor_share(prior)
     if n < 0:
         raise ValueError(f"n must be ≥ 0, got {n}")
     u = star_uniforms(seed, np.arange(start_index, start_index + n))
@@ -78,8 +83,8 @@ def sample_labels(n: int, seed: int = 0, prior: str = "apogee", start_index: int
     giant = u[:, 0] < 0.75
     # [Fe/H]
     fe_h = np.interp(u[:, 1], FEH_QUANTILES[:, 0], FEH_QUANTILES[:, 1])
-    if prior == "wide":
-        poor = u[:, 2] < 0.20
+    if extra_metal_poor > 0:
+        poor = u[:, 2] < extra_metal_poor
         fe_h = np.where(poor, -2.5 + 1.5 * u[:, 3], fe_h)
     # Teff–logg: red clump / RGB / main sequence
     clump = giant & (u[:, 4] < 0.25)
@@ -116,6 +121,28 @@ def sample_labels(n: int, seed: int = 0, prior: str = "apogee", start_index: int
     for j, name in enumerate(("FE_H", "MG_FE", "O_FE")):
         out[f"{name}_MISSING"] = u[:, 23 + j] < 0.007
     return out
+
+
+def metal_poor_share(prior: str) -> float:
+    """Share of stars a prior draws uniformly in [Fe/H] [−2.5, −1.0] on top of the APOGEE-like
+    distribution: 0 for ``"apogee"``, 0.20 for ``"wide"``, P/100 for ``"wide<P>"`` (0 < P ≤ 100).
+
+    Raises:
+        ValueError: an unknown prior name, naming the valid forms.
+    """
+    if prior == "apogee":
+        return 0.0
+    if prior == "wide":
+        return WIDE_METAL_POOR_FRACTION
+    percent = prior[len("wide"):] if isinstance(prior, str) and prior.startswith("wide") else ""
+    try:
+        share = float(percent) / 100.0
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"prior must be 'apogee', 'wide' or 'wide<P>' with 0 < P <= 100 (e.g. 'wide5': 5 % of "
+                         f"stars drawn in [Fe/H] -2.5..-1), got {prior!r}")
+    return share
 
 
 def _beta_like(u: np.ndarray, a: float, b: float) -> np.ndarray:

@@ -144,7 +144,8 @@ def build_simulated_dataset(
         universe: "synthetic" or "observed".
         n: number of spectra (ignored when ``labels`` is given: its length is used).
         seed: dataset seed (labels, noise, splits).
-        prior: "apogee" or "wide" (default: wide for synthetic, apogee for observed).
+        prior: "apogee", "wide" or "wide<P>" (:func:`~spectrafm_hf.data.prior.metal_poor_share`; default:
+            wide for synthetic, apogee for observed).
         splits: split name → fraction (default train/validation/test 0.8/0.1/0.1), reproducible.
         gap_config: observed-universe gap terms (default all on) or None for the universe default.
         batch_size: stars simulated at once (memory ≈ batch_size × 0.6 MB); results do not depend on it.
