@@ -27,6 +27,7 @@ too). Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -79,13 +80,15 @@ def paper_checkpoint(workdir: Path, data: Path) -> Path:
     return folder
 
 
-def measure(model: Path, data: Path, n: int, context: str, dtype: str, batch_size: int, workdir: Path) -> dict:
+def measure(model: Path, data: Path, n: int, context: str, dtype: str, batch_size: int, workdir: Path,
+            heap_reuse: bool = False) -> dict:
     """Run one ``spectrafm predict`` in a child process; its wall time and peak RSS."""
-    out = workdir / "out" / f"{model.name}-{context}-{dtype}-{n}.parquet"
+    out = workdir / "out" / f"{model.name}-{context}-{dtype}-{n}{'-heap' if heap_reuse else ''}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [*_spectrafm(), "predict", "--model", str(model), "--input", str(data), "--output", str(out),
                "--context", context, "--dtype", dtype, "--batch-size", str(batch_size), "--device", "cpu",
-               "--no-progress", "--overwrite", *(arg for label in LABELS for arg in ("--request", label))]
+               "--no-progress", "--overwrite", *(arg for label in LABELS for arg in ("--request", label)),
+               *(["--cpu-heap-reuse"] if heap_reuse else [])]
     start = time.perf_counter()
     child = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(child.pid, 0)
@@ -93,7 +96,8 @@ def measure(model: Path, data: Path, n: int, context: str, dtype: str, batch_siz
     stderr = child.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-2000:]}")
-    return {"model": model.name, "context": context, "dtype": dtype, "n": n, "batch": batch_size, "wall_s": wall,
+    return {"model": model.name, "context": context, "dtype": dtype, "n": n, "batch": batch_size,
+            "heap_reuse": heap_reuse, "wall_s": wall,
             "spectra_per_s": n / wall, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
@@ -121,28 +125,30 @@ def run(args) -> None:
     rows = []
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"OMP_NUM_THREADS={threads}; outputs under {workdir}/out", flush=True)
-    print(f"{'model':<14} {'context':>7} {'dtype':>8} {'N':>7} {'batch':>5} {'wall s':>8} {'spec/s':>8} "
+    print(f"{'model':<14} {'context':>7} {'dtype':>8} {'heap':>4} {'N':>7} {'batch':>5} {'wall s':>8} {'spec/s':>8} "
           f"{'peak RSS MB':>11}", flush=True)
     for name, model in models.items():
-        for context in args.contexts:
+        for context, dtype, heap in itertools.product(args.contexts, args.dtypes, args.heap_reuse):
             batch = args.batch_all if context == "all" else args.batch_chunks
-            for dtype in args.dtypes:
-                group = []
-                for n in args.sizes:
-                    row = measure(model, datasets[n], n, context, dtype, batch, workdir)
-                    row["model"] = name
-                    group.append(row)
-                    print(f"{name:<14} {context:>7} {dtype:>8} {n:>7} {batch:>5} {row['wall_s']:>8.1f} "
-                          f"{row['spectra_per_s']:>8.2f} {row['peak_rss_mb']:>11.0f}", flush=True)
-                rows.extend(group)
-                if len(group) > 1:
-                    estimate = extrapolate(group)
-                    group[-1]["dr17"] = estimate
-                    print(f"{'':<14} → DR17 ({DR17_SPECTRA:,} spectra): {estimate['dr17_hours']:.1f} h at "
-                          f"{estimate['marginal_spectra_per_s']:.2f} spectra/s (marginal), peak RSS "
-                          f"{estimate['dr17_peak_rss_mb']:.0f} MB (RSS N_max/N_min = {estimate['rss_ratio']:.2f})",
-                          flush=True)
-    (workdir / "bench_predict.json").write_text(json.dumps({"threads": threads, "rows": rows}, indent=1) + "\n")
+            group = []
+            for n in args.sizes:
+                row = measure(model, datasets[n], n, context, dtype, batch, workdir, heap_reuse=heap == "on")
+                row["model"] = name
+                group.append(row)
+                print(f"{name:<14} {context:>7} {dtype:>8} {heap:>4} {n:>7} {batch:>5} {row['wall_s']:>8.1f} "
+                      f"{row['spectra_per_s']:>8.2f} {row['peak_rss_mb']:>11.0f}", flush=True)
+            rows.extend(group)
+            if len(group) > 1:
+                estimate = extrapolate(group)
+                group[-1]["dr17"] = estimate
+                print(f"{'':<14} → DR17 ({DR17_SPECTRA:,} spectra): {estimate['dr17_hours']:.1f} h at "
+                      f"{estimate['marginal_spectra_per_s']:.2f} spectra/s (marginal), peak RSS "
+                      f"{estimate['dr17_peak_rss_mb']:.0f} MB (RSS N_max/N_min = {estimate['rss_ratio']:.2f})",
+                      flush=True)
+    result = json.dumps({"threads": threads, "rows": rows}, indent=1) + "\n"
+    (workdir / "bench_predict.json").write_text(result)
+    if args.json:
+        Path(args.json).write_text(result)
 
 
 def accuracy(args) -> None:
@@ -189,6 +195,9 @@ def main() -> None:
     bench.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     bench.add_argument("--batch-all", type=int, default=8, help="batch size at --context all")
     bench.add_argument("--batch-chunks", type=int, default=64, help="batch size at --context 512")
+    bench.add_argument("--heap-reuse", nargs="+", default=["off"], choices=["off", "on"],
+                       help="run with spectrafm predict --cpu-heap-reuse off and/or on")
+    bench.add_argument("--json", default=None, help="also write the results to this file")
     check = sub.add_parser("accuracy", help="bf16 shift from fp32 in units of the predicted sigma")
     check.add_argument("--model", required=True)
     check.add_argument("--input", required=True)

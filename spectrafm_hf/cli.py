@@ -109,6 +109,9 @@ def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="read every valid pixel, not only those inside the window the model was last "
                         "trained on (the default)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--cpu-heap-reuse", action=argparse.BooleanOptionalAction, default=False,
+                   help="on CPU, serve large tensors from glibc's reused heap instead of fresh pages "
+                        "(spectrafm_hf.cpu_allocator; Linux/glibc only)")
 
 
 def _add_publish_arguments(p: argparse.ArgumentParser) -> None:

@@ -74,3 +74,21 @@ def test_cli_bad_input_is_a_one_line_error(checkpoint, toy, tmp_path, capsys):
     code = main(["predict", "--model", str(checkpoint), "--input", str(npz), "--request", "NA_FE",
                  "--output", str(tmp_path / "x.csv")])
     assert code == 2 and "unknown label" in capsys.readouterr().err
+
+
+def test_cli_cpu_heap_reuse_switches_the_allocator_and_changes_no_number(checkpoint, toy, tmp_path, monkeypatch):
+    """``--cpu-heap-reuse`` turns on spectrafm_hf.cpu_allocator for the process and writes the same table."""
+    from spectrafm_hf import cpu_allocator
+
+    calls = []
+    monkeypatch.setattr(cpu_allocator, "reuse_large_allocations", lambda enable=True: calls.append(enable) or True)
+    npz = tmp_path / "spectra.npz"
+    np.savez(npz, wavelength=toy["wavelength"], flux=toy["flux"][:4], mask=toy["mask"][:4])
+    outputs = []
+    for extra in ([], ["--cpu-heap-reuse"], ["--no-cpu-heap-reuse"]):
+        out = tmp_path / f"pred{len(outputs)}.csv"
+        assert main(["predict", "--model", str(checkpoint), "--input", str(npz), "--request", "FE_H",
+                     "--output", str(out), "--device", "cpu", "--no-progress", *extra]) == 0
+        outputs.append(out.read_text())
+    assert calls == [True]  # only the run that asked for it
+    assert outputs[0] == outputs[1] == outputs[2]

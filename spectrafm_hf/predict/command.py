@@ -27,6 +27,11 @@ def run_predict(args) -> int:
     output_format(args.output)
     source = open_source(args.input, getattr(args, "split", None))
     model, feature_extractor = load_model(args.model, device=args.device)
+    if getattr(args, "cpu_heap_reuse", False) and next(model.parameters()).device.type == "cpu":
+        from ..cpu_allocator import reuse_large_allocations
+
+        if not reuse_large_allocations(True):
+            print_note("note: --cpu-heap-reuse needs Linux with glibc; the default allocator is used")
     options = CatalogueOptions(
         request=list(args.request), batch_size=args.batch_size, context=args.context,
         pixels="all" if getattr(args, "all_pixels", False) else "window",

@@ -1,0 +1,323 @@
+"""Scaling study: stage-3 and stage-2 accuracy vs stage-1 compute, model width and the number of
+metal-poor pre-training spectra (issue 15). Prints figures and writes small JSON results; not a test.
+
+Each grid point is the quickstart recipe (``training/configs/quickstart.yaml``) with four knobs:
+
+* ``d`` (model width): 64 (the quickstart), 96 or 128, heads fixed at 4, MLP widths scaled with d;
+* the stage-1 budget in minutes of ONE idle core of this machine, turned into optimiser steps with the
+  seconds per step measured by ``calibrate`` (stage 2 gets a fifth of stage 1's steps, as in the
+  quickstart: 2500 / 500). Steps, not wall time, make a point: a busy machine slows a run down but
+  does not change its result;
+* the synthetic prior (``apogee``: ~2.5 % of stars below [Fe/H] = −1; ``wide<P>``: P % more drawn in
+  [−2.5, −1]; ``wide`` = ``wide20``, the quickstart), i.e. the number of metal-poor pre-training spectra
+  at a fixed 12,000 synthetic spectra;
+* the run seed (the simulated data, test set included, stay those of data seed 0 for every point);
+* the precision of stages 1–2: float32, or ``bf16`` autocast (``--precision bf16``; the same budget then
+  buys the steps that bf16's measured step time allows).
+
+Every point shares the quickstart's test set and stage-3 protocol, and trains the scratch MLP and ridge
+baselines on the same 100 stars; the scratch transformer, The Cannon and the attention analysis are
+skipped (they do not depend on the knobs). Usage (one thread per run; ``--jobs 2`` runs two at once)::
+
+    python benchmarks/scaling_study.py calibrate                     # s/step per width → results/calibration.json
+    python benchmarks/scaling_study.py run --widths 64 128 --budgets 5 10 20 --priors wide --seeds 0 --jobs 2
+    python benchmarks/scaling_study.py run --widths 64 --budgets 10 --priors apogee wide5 wide50
+    python benchmarks/scaling_study.py report                        # figure + table in docs/scaling.md
+
+Runs go to ``runs/scaling/<point>`` (never committed); each finished point writes
+``docs/results/scaling/<point>.json``. A point whose JSON exists is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
+RESULTS = REPO / "docs" / "results" / "scaling"
+RUNS = REPO / "runs" / "scaling"
+FIGURE = REPO / "docs" / "figures" / "scaling.png"
+DOC = REPO / "docs" / "scaling.md"
+TABLE_BEGIN, TABLE_END = "<!-- scaling table begin -->", "<!-- scaling table end -->"
+
+#: Model block per width: 4 heads everywhere, MLP widths 4d / 2d as in the quickstart (d = 64).
+WIDTHS = {
+    d: {"d_model": d, "encoder_heads": [4, 4], "encoder_mlp": [4 * d, 2 * d], "decoder_heads": [4, 4, 4],
+        "decoder_mlp": [4 * d, 2 * d, 2 * d], "head_mlp": [4 * d, 2 * d, d]}
+    for d in (64, 96, 128)
+}
+BUDGETS_MIN = (5, 10, 20, 40, 80)
+LABELS = ("TEFF", "LOGG", "FE_H", "MG_FE", "O_FE")
+
+
+def point_name(d: int, minutes: float, prior: str, seed: int, precision: str = "no") -> str:
+    return f"d{d}-{minutes:g}min-{prior}-seed{seed}" + ("" if precision == "no" else f"-{precision}")
+
+
+def stage1_steps(d: int, minutes: float, calibration: dict, precision: str = "no") -> int:
+    """Optimiser steps that take ``minutes`` on one idle core at width ``d`` (``calibrate``), rounded to 50."""
+    seconds_per_step = calibration["seconds_per_step"][_key(d, precision)]
+    return max(100, int(round(minutes * 60 / seconds_per_step / 50)) * 50)
+
+
+def _key(d: int, precision: str) -> str:
+    return str(d) if precision == "no" else f"{d}-{precision}"
+
+
+def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no") -> dict:
+    """The quickstart config with this point's knobs (see the module docstring)."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["seed"] = seed
+    config["torch_threads"] = 1
+    config["data"]["cache_dir"] = str(RUNS / "cache")
+    config["data"]["synthetic"]["prior"] = prior
+    config["model"].update(copy.deepcopy(WIDTHS[d]))
+    stage1, stage2 = config["stage1"], config["stage2"]
+    stage1.update(max_steps=steps, eval_every=max(50, steps // 5), checkpoint_every=max(50, steps // 5),
+                  warmup_steps=min(100, steps // 10), progress=False)
+    stage2_steps = max(100, steps // 5)
+    stage2.update(max_steps=stage2_steps, eval_every=max(20, stage2_steps // 5),
+                  checkpoint_every=max(20, stage2_steps // 5), progress=False)
+    if precision != "no":
+        stage1["mixed_precision"] = stage2["mixed_precision"] = precision
+    config["stage3"]["progress"] = False
+    config["baselines"] = {"scratch_transformer": None, "cannon": None, "ridge": {},
+                           "mlp": config["baselines"]["mlp"]}
+    config["attention"] = {"enabled": False}
+    return config
+
+
+def calibrate(args) -> None:
+    """Seconds per stage-1 step per width on one thread: two short runs (steps and 3 × steps) of the
+    stage-1 loop on the quickstart's synthetic spectra; the difference removes start-up and evaluation."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.data.arrays import window_data
+    from spectrafm_hf.pipeline.config import load_config
+    from spectrafm_hf.pipeline.data import prepare_datasets
+    from spectrafm_hf.training.stages import run_stage
+
+    torch.set_num_threads(1)
+    base = point_config(64, 100, "wide", 0)
+    work = RUNS / "calibration"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(base))
+    config = load_config(work / "config.yaml")
+    synthetic = prepare_datasets(config, work)["synthetic"]
+    train = window_data(synthetic["train"], rows=range(2000))
+    validation = window_data(synthetic["validation"], rows=range(100))
+    result = {"threads": 1, "steps": args.steps, "seconds_per_step": {}}
+    for d, precision in itertools.product(args.widths, args.precisions):
+        times = []
+        for steps in (args.steps, 3 * args.steps):
+            spec = copy.deepcopy(config.stage1)
+            spec.loop.max_steps = spec.loop.eval_every = spec.loop.checkpoint_every = steps
+            spec.loop.progress, spec.loop.mixed_precision = False, precision
+            start = time.perf_counter()
+            run_stage(spec, train, validation, work / f"{_key(d, precision)}-{steps}",
+                      model_config={**config.model, **WIDTHS[d]})
+            times.append(time.perf_counter() - start)
+        result["seconds_per_step"][_key(d, precision)] = (times[1] - times[0]) / (2 * args.steps)
+        print(f"d = {d}, mixed precision {precision}: {result['seconds_per_step'][_key(d, precision)]:.3f} s/step "
+              "(1 thread)", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, calibration: dict) -> Path:
+    """Run one point's pipeline (its own process, one thread) and write its result JSON."""
+    name = point_name(d, minutes, prior, seed, precision)
+    result_path = RESULTS / f"{name}.json"
+    if result_path.exists():
+        print(f"[scaling] {name}: done before ({result_path.relative_to(REPO)})", flush=True)
+        return result_path
+    steps = stage1_steps(d, minutes, calibration, precision)
+    config = point_config(d, steps, prior, seed, precision)
+    config_path = RUNS / "configs" / f"{name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    out, log = RUNS / name, RUNS / f"{name}.log"
+    print(f"[scaling] {name}: stage 1 {steps} steps → {out.relative_to(REPO)} (log {log.name})", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    with open(log, "a") as handle:
+        done = subprocess.run([sys.executable, "-m", "spectrafm_hf.cli", "pipeline", "--config", str(config_path),
+                               "--out", str(out)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
+    summary = summarise(out, d=d, minutes=minutes, prior=prior, seed=seed, precision=precision, steps=steps,
+                        wall_s=time.perf_counter() - start)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"[scaling] {name}: stage 3 iron-rich {summary['stage3']['iron_rich_rmse']:.3f}, iron-poor "
+          f"{summary['stage3']['iron_poor_rmse']:.3f} dex", flush=True)
+    return result_path
+
+
+def summarise(out: Path, **point) -> dict:
+    """The few numbers of a finished run that the study compares (test set; validation where chosen)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    timings = json.loads((out / "timings.json").read_text())
+    models = metrics["models"]
+
+    def feh_bins(model):
+        bins = models[model]["labels"]["FE_H"]["bins"]
+        return {"iron_rich_rmse": bins["feh_ge_-1"]["rmse"], "iron_poor_rmse": bins["feh_lt_-1"]["rmse"],
+                "iron_poor_bias": bins["feh_lt_-1"]["bias"]}
+
+    stage3 = feh_bins("stage3")
+    stage3["validation_iron_rich_rmse"] = metrics["training"]["stage3"]["best_metric"]
+    stage3["coverage_68"] = models["stage3"]["labels"]["FE_H"]["calibration"].get("after", {}).get("all", {}) \
+        .get("coverage_68")
+    baselines = {name: feh_bins(name) for name in ("scratch_mlp", "ridge") if name in models}
+    stage2 = {label: models["stage2"]["labels"][label]["bins"]["all"]["rmse"] for label in LABELS}
+    n_metal_poor = _metal_poor_count(point["prior"])
+    return {**point, "n_metal_poor_synthetic": n_metal_poor, "stage3": stage3, "baselines": baselines,
+            "stage2_rmse": stage2, "stage1_wall_s": _timing(timings, "stage 1"), "timings_s": timings,
+            "ratios": {"iron_rich_vs_best_baseline": stage3["iron_rich_rmse"]
+                       / min(b["iron_rich_rmse"] for b in baselines.values()),
+                       "iron_poor_vs_mlp": stage3["iron_poor_rmse"] / baselines["scratch_mlp"]["iron_poor_rmse"]}}
+
+
+def _timing(timings: dict, prefix: str) -> float | None:
+    return next((seconds for step, seconds in timings.items() if step.startswith(prefix)), None)
+
+
+def _metal_poor_count(prior: str, n: int = 12000) -> int:
+    """Synthetic spectra (train + validation, true [Fe/H] < −1) of the quickstart's 12,000 under ``prior``."""
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.data.prior import sample_labels
+
+    return int((sample_labels(n, seed=0, prior=prior)["FE_H"] < -1.0).sum())
+
+
+def run(args) -> None:
+    calibration_path = RESULTS / "calibration.json"
+    if not calibration_path.exists():
+        raise SystemExit(f"{calibration_path} is missing; run `python {Path(__file__).name} calibrate` first")
+    calibration = json.loads(calibration_path.read_text())
+    points = list(itertools.product(args.widths, args.budgets, args.priors, args.seeds, [args.precision]))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(run_point, *point, calibration) for point in points]:
+            future.result()
+
+
+def load_results() -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(RESULTS.glob("d*-*min-*.json"))]
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table, one row per point, sorted by prior, width, budget, seed."""
+    header = ("| d | stage-1 budget (min, 1 core) | steps | synthetic prior (metal-poor spectra) | seed | "
+              "stage 3 iron-rich RMSE | iron-poor RMSE | ÷ best baseline (rich) | ÷ MLP (poor) | "
+              "val. iron-rich | stage 2 Teff / logg / [Fe/H] / [Mg/Fe] / [O/Fe] |\n"
+              "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    rows = []
+    for r in sorted(results, key=lambda r: (r["prior"], r.get("precision", "no"), r["d"], r["minutes"], r["seed"])):
+        s2 = r["stage2_rmse"]
+        bf16 = " (bf16)" if r.get("precision", "no") != "no" else ""
+        rows.append(f"| {r['d']}{bf16} | {r['minutes']:g} | {r['steps']} | "
+                    f"{r['prior']} ({r['n_metal_poor_synthetic']:,}) | "
+                    f"{r['seed']} | {r['stage3']['iron_rich_rmse']:.3f} | {r['stage3']['iron_poor_rmse']:.3f} | "
+                    f"{r['ratios']['iron_rich_vs_best_baseline']:.2f} | {r['ratios']['iron_poor_vs_mlp']:.2f} | "
+                    f"{r['stage3']['validation_iron_rich_rmse']:.3f} | {s2['TEFF']:.0f} K / {s2['LOGG']:.2f} / "
+                    f"{s2['FE_H']:.3f} / {s2['MG_FE']:.3f} / {s2['O_FE']:.3f} |")
+    return "\n".join([header, *rows])
+
+
+def figure(results: list[dict], path: Path) -> None:
+    """Stage-3 RMSE vs stage-1 budget (one curve per width, iron-rich and iron-poor panels) and
+    iron-poor RMSE vs the number of metal-poor pre-training spectra."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    default = [r for r in results if r["prior"] == "wide" and r.get("precision", "no") == "no"]
+    for ax, key, title in ((axes[0], "iron_rich_rmse", "iron-rich test stars ([Fe/H] ≥ −1)"),
+                           (axes[1], "iron_poor_rmse", "iron-poor test stars ([Fe/H] < −1)")):
+        for d in sorted({r["d"] for r in default}):
+            budgets = sorted({r["minutes"] for r in default if r["d"] == d})
+            mean = [_mean(r["stage3"][key] for r in default if r["d"] == d and r["minutes"] == m) for m in budgets]
+            ax.plot(budgets, mean, "o-", label=f"SpectraFM stage 3, d = {d}")
+        for name, style in (("scratch_mlp", "k--"), ("ridge", "k:")):
+            values = [r["baselines"][name][key] for r in default if name in r["baselines"]]
+            if values:
+                ax.axhline(_mean(values), color="k", ls=style[1:], lw=1, label=f"{name} (mean over runs)")
+        ax.set_xscale("log")
+        ax.set_xlabel("stage-1 budget (minutes of one idle core)")
+        ax.set_ylabel("[Fe/H] RMSE (dex)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"]
+    counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
+    axes[2].plot(counts, [_mean(r["stage3"]["iron_poor_rmse"] for r in by_prior if r["n_metal_poor_synthetic"] == c)
+                          for c in counts], "o-", color="C3", label="SpectraFM stage 3, d = 64, 10 min")
+    for r in by_prior:
+        axes[2].annotate(r["prior"], (r["n_metal_poor_synthetic"], r["stage3"]["iron_poor_rmse"]), fontsize=8,
+                         textcoords="offset points", xytext=(4, 4))
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("metal-poor spectra among the 12,000 synthetic ([Fe/H] < −1)")
+    axes[2].set_ylabel("iron-poor [Fe/H] RMSE (dex)")
+    axes[2].set_title("iron-poor transfer vs metal-poor pre-training")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def report(args) -> None:
+    results = load_results()
+    if not results:
+        raise SystemExit(f"no results under {RESULTS}; run the study first")
+    figure(results, FIGURE)
+    text = table(results)
+    print(text)
+    if DOC.exists():
+        doc = DOC.read_text()
+        if TABLE_BEGIN in doc and TABLE_END in doc:
+            head, rest = doc.split(TABLE_BEGIN, 1)
+            DOC.write_text(head + TABLE_BEGIN + "\n" + text + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1])
+            print(f"table written into {DOC.relative_to(REPO)}; figure {FIGURE.relative_to(REPO)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cal = sub.add_parser("calibrate", help="seconds per stage-1 step per width (1 thread)")
+    cal.add_argument("--widths", type=int, nargs="+", default=sorted(WIDTHS), choices=sorted(WIDTHS))
+    cal.add_argument("--steps", type=int, default=20)
+    cal.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=["no", "bf16"])
+    go = sub.add_parser("run", help="run grid points (skips finished ones)")
+    go.add_argument("--widths", type=int, nargs="+", default=[64], choices=sorted(WIDTHS))
+    go.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20])
+    go.add_argument("--priors", nargs="+", default=["wide"])
+    go.add_argument("--seeds", type=int, nargs="+", default=[0])
+    go.add_argument("--precision", default="no", choices=["no", "bf16"], help="stages 1-2 mixed precision")
+    go.add_argument("--jobs", type=int, default=1, help="points run at once (one thread each)")
+    sub.add_parser("report", help="figure + table from the results")
+    args = parser.parse_args()
+    {"calibrate": calibrate, "run": run, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
