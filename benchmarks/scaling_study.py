@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,8 +112,8 @@ def calibrate(args) -> None:
 
     torch.set_num_threads(1)
     base = point_config(64, 100, "wide", 0)
-    work = RUNS / "calibration"
-    work.mkdir(parents=True, exist_ok=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="calibration-", dir=RUNS))  # fresh: a finished stage folder is reused
     (work / "config.yaml").write_text(yaml.safe_dump(base))
     config = load_config(work / "config.yaml")
     synthetic = prepare_datasets(config, work)["synthetic"]
@@ -129,6 +130,9 @@ def calibrate(args) -> None:
             run_stage(spec, train, validation, work / f"{_key(d, precision)}-{steps}",
                       model_config={**config.model, **WIDTHS[d]})
             times.append(time.perf_counter() - start)
+        if times[1] <= times[0]:
+            raise RuntimeError(f"calibration of d = {d} ({precision}): {3 * args.steps} steps took no longer than "
+                               f"{args.steps} ({times}); was a finished stage reused?")
         result["seconds_per_step"][_key(d, precision)] = (times[1] - times[0]) / (2 * args.steps)
         print(f"d = {d}, mixed precision {precision}: {result['seconds_per_step'][_key(d, precision)]:.3f} s/step "
               "(1 thread)", flush=True)
