@@ -186,6 +186,16 @@ def test_incomplete_folder_is_refused_naming_every_missing_piece(make_folder, tm
     assert fake_hub.instances == []
 
 
+@pytest.mark.parametrize("revision", ["", " stage1", "stage 1", "-x", "a..b", "stage1/", "x:y", "x.lock"])
+def test_bad_revision_is_refused_before_any_hub_call(make_folder, tmp_path, fake_hub, revision):
+    folder = make_folder(tmp_path / "s")
+    with pytest.raises(ValueError, match="is not a valid branch name"):
+        publish.run_publish(_args(folder, revision=revision))
+    assert fake_hub.instances == []
+    for good in ("stage1", "v1.0", "runs/seed-0"):
+        publish.check_revision(good)
+
+
 @pytest.mark.parametrize("repo_id", ["just-a-name", "../../etc", "a/b/c", "", "org/..", "org/x--y", "/x"])
 def test_bad_repo_id(make_folder, tmp_path, fake_hub, repo_id):
     """A repo id that is not ``owner/name`` is refused before any Hub call (the Hub's own validator judges

@@ -169,7 +169,8 @@ def test_publish_accepts_folders_of_the_transformers_routes(routes, tmp_path):
 
 def test_a_model_saved_alone_lacks_only_the_feature_extractor(tmp_path):
     """The model does not own its feature extractor (as in every HF model with a processor): its own
-    save writes weights, config, model code and the pipeline task's file; the folder is refused until the extractor is saved."""
+    save writes weights, config, model code and the pipeline task's file; the folder is refused until the
+    extractor is saved."""
     model, fe = _fresh_pair()
     model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "config.json", "configuration_spectrafm.py",

@@ -95,8 +95,8 @@ def validate_checkpoint_folder(stage_dir: str | Path) -> list[tuple[str, int]]:
     if problems:
         raise ValueError(
             f"{root} is not a complete SpectraFM checkpoint: " + "; ".join(problems)
-            + ". Write checkpoints with spectrafm_hf.checkpoints.save_checkpoint (every stage and "
-              "convert-original do)."
+            + ". Save the model AND its feature extractor with save_pretrained after `import spectrafm_hf` "
+              "(or spectrafm_hf.checkpoints.save_checkpoint, which also writes the card), and add a README.md card."
         )
     check_loads_strictly(root)
     return listing
@@ -304,6 +304,19 @@ def _cannot_reach_hub() -> str | None:
     return None
 
 
+def check_revision(revision: str | None) -> None:
+    """Refuse a ``--revision`` that cannot be a Hub branch name (empty, spaces, ``..``, a leading ``-`` or
+    ``/``, characters git refuses), naming it, before anything is read or uploaded."""
+    if revision is None:
+        return
+    bad = (not revision.strip() or revision != revision.strip() or revision.startswith(("-", "/")) or
+           revision.endswith(("/", ".lock", ".")) or ".." in revision or "//" in revision or
+           any(ch in revision for ch in " ~^:?*[\\") or any(ord(ch) < 32 for ch in revision))
+    if bad:
+        raise ValueError(f"--revision {revision!r} is not a valid branch name; use letters, digits, '-', '_', '.' "
+                         "and '/' (e.g. --revision stage1)")
+
+
 def run_publish(args) -> int:
     """CLI entry: ``spectrafm publish FOLDER --repo-id ORG/NAME [--repo-type auto|model|dataset]
     [--revision B] [--private] [--base-model ORG/NAME] [--dataset ORG/NAME ...] [--dry-run]``.
@@ -312,6 +325,7 @@ def run_publish(args) -> int:
     (incomplete folder, bad repo id) raises ``ValueError``/``FileNotFoundError`` (the CLI exits 2).
     """
     check_repo_id(args.repo_id)  # before reading the folder: a bad id is refused even in a dry run
+    check_revision(getattr(args, "revision", None))
     repo_type = resolve_repo_type(args.stage_dir, getattr(args, "repo_type", None) or "auto")
     base_model, datasets = getattr(args, "base_model", None), list(getattr(args, "dataset", None) or [])
     if base_model is not None:

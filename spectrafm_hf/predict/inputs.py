@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ..data.labels import LABEL_COLUMNS
-
-#: Prefix of simulation truth columns (``TRUE_TEFF`` ...), never inputs by default.
-TRUTH_PREFIX = "TRUE_"
+from ..data.tables import TRUTH_PREFIX
 
 
 @dataclass
