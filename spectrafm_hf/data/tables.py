@@ -20,7 +20,7 @@ any other       numeric scalar per row         labels (``TEFF`` ... ``O_FE``, ``
   :func:`spectrafm_hf.data.hub_layout.write_parquet`, or a shard of a Hub-layout dataset folder, see
   :func:`parquet_grid`). Such a file was written by this package from a dataset: its columns are read
   as a dataset folder's are (labels, ``<LABEL>_ERR``, ``snr`` and ``TRUE_*`` are ``reference``).
-* ``.csv`` / ``.csv.gz``: a row per pixel or a column per pixel (:mod:`.csv_spectra`).
+* CSV (a row per pixel or a column per pixel) is read by :mod:`.csv_spectra` on top of this module.
 * FITS table: the first binary-table HDU, vector columns (``TFORM`` like ``7514E``); column names
   are matched case-insensitively (``FLUX`` = ``flux``); big-endian columns are made native.
   A ``wavelength`` that is not a column may be given as a 1-row table or image in another HDU named
@@ -394,20 +394,17 @@ def _fits_table_columns(hdul) -> dict[str, np.ndarray] | None:
 
 
 def read_table(path: str | Path) -> SpectraInput:
-    """npz / Parquet / CSV (:mod:`.csv_spectra`) / FITS table → SpectraInput, chosen by suffix."""
+    """npz / Parquet / FITS table → SpectraInput, chosen by suffix (CSV spectra: :mod:`.csv_spectra`, which
+    builds on this module; :func:`~spectrafm_hf.data.readers.read_spectra` reads every format)."""
     path = Path(path)
     suffixes = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".npz":
         return read_npz(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         return read_parquet(path)
-    if suffixes.endswith((".csv", ".csv.gz")):
-        from .csv_spectra import read_csv_spectra  # imports this module
-
-        return read_csv_spectra(path)
     if path.suffix.lower() in (".fits", ".fit", ".fts") or suffixes.endswith((".fits.gz", ".fit.gz")):
         return read_fits_table(path)
-    raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use .npz, .parquet, .csv or a FITS table")
+    raise ValueError(f"{path}: unsupported table format {path.suffix!r}; use .npz, .parquet or a FITS table")
 
 
 def spectra_input_to_batches(spectra: SpectraInput, path: Path, batch_size: int = 256):
