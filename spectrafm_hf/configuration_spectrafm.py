@@ -157,8 +157,12 @@ class SpectraFMConfig(PreTrainedConfig):
             }
         super().__post_init__(**kwargs)
         if self.family_custom_pipelines and getattr(self, "custom_pipelines", None):
-            self.custom_pipelines = {task: spec for task, spec in self.custom_pipelines.items()
-                                     if task not in self.family_custom_pipelines}
+            others = {task: spec for task, spec in self.custom_pipelines.items()
+                      if task not in self.family_custom_pipelines}
+            if others:
+                self.custom_pipelines = others
+            else:  # as a config that never had the entry (to_dict equal to a fresh config's)
+                del self.custom_pipelines
         self.validate()
 
     # ---- derived values -------------------------------------------------------------------

@@ -204,7 +204,8 @@ SPECTRA_PROBES = {
     "text file named .fits": ("table.fits", "SIMPLE? no\n", "not a FITS file"),
     "text file named .parquet": ("spectra.parquet", "a,b\n1,2\n", "cannot read as Parquet"),
     "empty .parquet": ("spectra.parquet", b"", "cannot read as Parquet"),
-    "unsupported extension": ("spectra.csv", "a,b\n", "unsupported input format"),
+    "unsupported extension": ("spectra.txt", "a,b\n", "unsupported input format"),
+    "CSV that is not spectra": ("spectra.csv", "a,b\n1,2\n", "neither CSV layout of spectra"),
 }
 
 
