@@ -248,36 +248,51 @@ def figure(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     default = [r for r in results if r["prior"] == "wide" and r.get("precision", "no") == "no"]
+    goals = {"iron_rich_rmse": (0.9, "goal: 0.9 × best baseline"), "iron_poor_rmse": (0.25, "goal: 0.25 × scratch MLP")}
     for ax, key, title in ((axes[0], "iron_rich_rmse", "iron-rich test stars ([Fe/H] ≥ −1)"),
                            (axes[1], "iron_poor_rmse", "iron-poor test stars ([Fe/H] < −1)")):
-        for d in sorted({r["d"] for r in default}):
-            budgets = sorted({r["minutes"] for r in default if r["d"] == d})
-            mean = [_mean(r["stage3"][key] for r in default if r["d"] == d and r["minutes"] == m) for m in budgets]
-            ax.plot(budgets, mean, "o-", label=f"SpectraFM stage 3, d = {d}")
-        for name, style in (("scratch_mlp", "k--"), ("ridge", "k:")):
+        for colour, d in zip(("C0", "C1", "C2"), sorted({r["d"] for r in default})):
+            runs = [r for r in default if r["d"] == d]
+            budgets = sorted({r["minutes"] for r in runs})
+            ax.plot(budgets, [_mean(r["stage3"][key] for r in runs if r["minutes"] == m) for m in budgets], "-",
+                    color=colour, label=f"SpectraFM stage 3, d = {d} (line: mean over seeds)")
+            ax.plot([r["minutes"] for r in runs], [r["stage3"][key] for r in runs], "o", color=colour, ms=5)
+        for name, style in (("scratch_mlp", "--"), ("ridge", ":")):
             values = [r["baselines"][name][key] for r in default if name in r["baselines"]]
             if values:
-                ax.axhline(_mean(values), color="k", ls=style[1:], lw=1, label=f"{name} (mean over runs)")
+                ax.axhline(_mean(values), color="k", ls=style, lw=1, label=f"{name} (mean over runs)")
+        factor, label = goals[key]
+        if key == "iron_rich_rmse":
+            reference = _mean(min(b["iron_rich_rmse"] for b in r["baselines"].values()) for r in default)
+        else:
+            reference = _mean(r["baselines"]["scratch_mlp"]["iron_poor_rmse"] for r in default)
+        ax.axhline(factor * reference, color="C3", ls="-.", lw=1, label=label)
         ax.set_xscale("log")
+        ax.set_xticks(sorted({r["minutes"] for r in default}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("stage-1 budget (minutes of one idle core)")
         ax.set_ylabel("[Fe/H] RMSE (dex)")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
     axes[2].plot(counts, [_mean(r["stage3"]["iron_poor_rmse"] for r in by_prior if r["n_metal_poor_synthetic"] == c)
-                          for c in counts], "o-", color="C3", label="SpectraFM stage 3, d = 64, 10 min")
+                          for c in counts], "-", color="C3", label="SpectraFM stage 3, d = 64, 10 min (mean)")
+    axes[2].plot([r["n_metal_poor_synthetic"] for r in by_prior], [r["stage3"]["iron_poor_rmse"] for r in by_prior],
+                 "o", color="C3", ms=5)
     for r in by_prior:
-        axes[2].annotate(r["prior"], (r["n_metal_poor_synthetic"], r["stage3"]["iron_poor_rmse"]), fontsize=8,
-                         textcoords="offset points", xytext=(4, 4))
+        axes[2].annotate(f"{r['prior']} s{r['seed']}", (r["n_metal_poor_synthetic"], r["stage3"]["iron_poor_rmse"]),
+                         fontsize=7, textcoords="offset points", xytext=(4, 4))
     axes[2].set_xscale("log")
-    axes[2].set_xlabel("metal-poor spectra among the 12,000 synthetic ([Fe/H] < −1)")
+    axes[2].set_xlabel("metal-poor synthetic spectra ([Fe/H] < −1, of 12,000)")
     axes[2].set_ylabel("iron-poor [Fe/H] RMSE (dex)")
     axes[2].set_title("iron-poor transfer vs metal-poor pre-training")
-    axes[2].legend(fontsize=8)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
