@@ -281,17 +281,22 @@ def figure(results: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
-    axes[2].plot(counts, [_mean(r["stage3"]["iron_poor_rmse"] for r in by_prior if r["n_metal_poor_synthetic"] == c)
-                          for c in counts], "-", color="C3", label="SpectraFM stage 3, d = 64, 10 min (mean)")
-    axes[2].plot([r["n_metal_poor_synthetic"] for r in by_prior], [r["stage3"]["iron_poor_rmse"] for r in by_prior],
-                 "o", color="C3", ms=5)
+    series = (("iron_poor_rmse", "C3", "iron-poor stars"), ("iron_rich_rmse", "C0", "iron-rich stars"))
+    for key, colour, label in series:
+        axes[2].plot(counts, [_mean(r["stage3"][key] for r in by_prior if r["n_metal_poor_synthetic"] == c)
+                              for c in counts], "-", color=colour, label=f"{label} (mean over seeds)")
+        axes[2].plot([r["n_metal_poor_synthetic"] for r in by_prior], [r["stage3"][key] for r in by_prior], "o",
+                     color=colour, ms=5)
     for r in by_prior:
         axes[2].annotate(f"{r['prior']} s{r['seed']}", (r["n_metal_poor_synthetic"], r["stage3"]["iron_poor_rmse"]),
                          fontsize=7, textcoords="offset points", xytext=(4, 4))
     axes[2].set_xscale("log")
+    axes[2].set_xticks(counts)
+    axes[2].xaxis.set_major_formatter(ScalarFormatter())
+    axes[2].xaxis.set_minor_formatter(NullFormatter())
     axes[2].set_xlabel("metal-poor synthetic spectra ([Fe/H] < −1, of 12,000)")
-    axes[2].set_ylabel("iron-poor [Fe/H] RMSE (dex)")
-    axes[2].set_title("iron-poor transfer vs metal-poor pre-training")
+    axes[2].set_ylabel("stage-3 [Fe/H] RMSE (dex)")
+    axes[2].set_title("d = 64, 10 min: vs metal-poor pre-training spectra")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
