@@ -35,5 +35,15 @@ def toy_data(n: int, seed: int, feh_range=(-2.5, 0.4)) -> WindowData:
     )
 
 
+def tiny_stage2(folder):
+    """A tiny 'stage 2' checkpoint in ``folder``: a SpectraFM on the whole APOGEE grid, two steps on toy spectra."""
+    from spectrafm_hf.training.loop import LoopConfig
+    from spectrafm_hf.training.stages import StageSpec, run_stage
+
+    spec = StageSpec("stage2", "all", "random", 8, 32, LoopConfig(max_steps=2, eval_every=2, progress=False))
+    run_stage(spec, toy_data(16, 0), toy_data(8, 1), folder, model_config=TINY_MODEL)
+    return folder
+
+
 TINY_MODEL = dict(d_model=16, encoder_heads=[2, 2], encoder_mlp=[32, 32], decoder_heads=[2, 2, 2],
                   decoder_mlp=[32, 32, 32], head_mlp=[32, 16], context_length=32)

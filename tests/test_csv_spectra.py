@@ -7,12 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from _training_toys import TINY_MODEL, toy_data
+from _training_toys import tiny_stage2, toy_data
 
 from spectrafm_hf.cli import main
 from spectrafm_hf.data.readers import read_spectra
-from spectrafm_hf.training.loop import LoopConfig
-from spectrafm_hf.training.stages import StageSpec, run_stage
 
 FE_WINDOW_A = ("16105.8", "16220")
 
@@ -110,10 +108,7 @@ def test_malformed_csv_is_refused_in_one_line(tmp_path, text, message):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny 'stage 2' on the whole APOGEE grid (two steps on toy spectra)."""
-    folder = tmp_path_factory.mktemp("base") / "stage2"
-    spec = StageSpec("stage2", "all", "random", 8, 32, LoopConfig(max_steps=2, eval_every=2, progress=False))
-    run_stage(spec, toy_data(16, 0), toy_data(8, 1), folder, model_config=TINY_MODEL)
-    return folder
+    return tiny_stage2(tmp_path_factory.mktemp("base") / "stage2")
 
 
 def test_finetune_and_predict_on_csv_equal_the_same_stars_as_npz(base, tmp_path):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _training_toys import TINY_MODEL, cut, toy_data
+from _training_toys import cut, tiny_stage2, toy_data
 
 from spectrafm_hf.checkpoints import load_model
 from spectrafm_hf.cli import main
@@ -15,7 +15,7 @@ from spectrafm_hf.data.arrays import subset
 from spectrafm_hf.data.collator import SpectraFMCollator, StarRow, evaluation_rows, training_rows
 from spectrafm_hf.training.evaluation import evaluate_label, flat_label_metrics
 from spectrafm_hf.training.loop import LoopConfig
-from spectrafm_hf.training.stages import WINDOWS, StageSpec, predict, run_stage
+from spectrafm_hf.training.stages import WINDOWS, StageSpec, predict
 from spectrafm_hf.training.trainer import make_compute_metrics, physical_predictions, run_stage_with_trainer
 
 FE = WINDOWS["fe_window"]
@@ -34,10 +34,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny 'stage 2': a SpectraFM checkpoint on the whole APOGEE grid (two steps on toy spectra)."""
-    folder = tmp_path_factory.mktemp("base") / "stage2"
-    spec = StageSpec("stage2", "all", "random", 8, 32, LoopConfig(max_steps=2, eval_every=2, progress=False))
-    run_stage(spec, toy_data(16, 0), toy_data(8, 1), folder, model_config=TINY_MODEL)
-    return folder
+    return tiny_stage2(tmp_path_factory.mktemp("base") / "stage2")
 
 
 def _npz(path, data, **drop):
