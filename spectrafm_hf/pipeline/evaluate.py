@@ -66,6 +66,15 @@ def evaluate_models(config: PipelineConfig, data: PipelineData, out: Path, train
     return evaluation
 
 
+def evaluation_device():
+    """This process's accelerator (its own GPU under ``accelerate launch``, else the CPU), where the
+    trained models are evaluated, so that a GPU run does not evaluate a paper-size model on the CPU."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+
+
 def snr_per_pixel(data: WindowData) -> np.ndarray:
     """(N,) signal-to-noise per pixel of each star: 1 / median flux error over its valid pixels.
 
@@ -91,7 +100,7 @@ def _evaluate_fe_window(config: PipelineConfig, data: PipelineData, out: Path, t
     test_predictions, val_predictions = {}, {}
     for name, folder in FE_WINDOW_TRANSFORMERS.items():
         if name.endswith("_zero_shot") or name in trained:
-            model, feature_extractor = load_model(out / folder, device="cpu")
+            model, feature_extractor = load_model(out / folder, device=evaluation_device())
             test_predictions[name] = predict(model, feature_extractor, data.test_fe, ("FE_H",), batch)["FE_H"]
             val_predictions[name] = predict(model, feature_extractor, data.stage3_val, ("FE_H",), batch)["FE_H"]
     for name, model in fitted.items():
@@ -116,7 +125,7 @@ def _evaluate_stage2(config: PipelineConfig, data: PipelineData, out: Path) -> t
     from ..training.evaluation import evaluate_label
     from ..training.stages import predict
 
-    model, feature_extractor = load_model(out / "stage2", device="cpu")
+    model, feature_extractor = load_model(out / "stage2", device=evaluation_device())
     test = cut_window(data.test, FIRST_HALF)
     validation = cut_window(first_rows(data.observed_val, N_STAGE2_VALIDATION), FIRST_HALF)
     # The 3757-pixel half in one context costs O(P²) per star: chunked (config stage2_eval_context).
@@ -165,7 +174,7 @@ def _analysis(model_dir: Path, test: WindowData, window: slice, window_name: str
     from ..training.attention import analyse_model
 
     stars = cut_window(first_rows(test, int(n_stars)), window)
-    result = analyse_model(model_dir, stars, queries, batch_size=int(batch_size),
+    result = analyse_model(model_dir, stars, queries, batch_size=int(batch_size), device=evaluation_device(),
                            core_half_width_A=float(core_half_width_A))
     result["window"] = window_name
     result["mean_flux"] = mean_spectrum(stars).tolist()  # drawn under the attention in the report

@@ -227,6 +227,7 @@ def analyse_model(
     queries: Sequence[str],
     batch_size: int = 16,
     core_half_width_A: float = 0.4,
+    device=None,
 ) -> dict:
     """Load a stage folder, profile its queries on ``data`` and compute enrichments and controls.
 
@@ -234,12 +235,13 @@ def analyse_model(
         model_dir: a stage folder (``AutoModel`` + feature extractor).
         data: a ``WindowData`` (flux, mask, wavelength) already cut to the window to analyse; every
             star is one context.
+        device: where the model runs (default: CUDA when available, else CPU).
     Returns:
         :func:`analyse_profiles`'s dict plus ``model`` (the folder name) and ``n_stars``.
     """
     from ..checkpoints import load_model
 
-    model, feature_extractor = load_model(model_dir, device="cpu")
+    model, feature_extractor = load_model(model_dir, device=device)
     profiles = cross_attention_profiles(model, feature_extractor, data.wavelength, data.flux, data.mask,
                                         tuple(queries), batch_size=batch_size)
     result = analyse_profiles(profiles, data.wavelength, core_half_width_A=core_half_width_A)
