@@ -353,6 +353,41 @@ def report(args) -> None:
             print(f"table written into {DOC.relative_to(REPO)}; figure {FIGURE.relative_to(REPO)}")
 
 
+def stage3_context(args) -> None:
+    """Stage 3's test-time context on finished points: the 512-pixel Fe window in one context ("all",
+    what the pipeline does) vs disjoint chunks of 256 or 128 pixels (the training context) combined by
+    precision weighting. The choice is read on the iron-rich validation stars; test RMSE is shown beside."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.checkpoints import load_model
+    from spectrafm_hf.pipeline import load_config
+    from spectrafm_hf.pipeline.data import load_data
+    from spectrafm_hf.training.stages import predict
+
+    torch.set_num_threads(1)
+    rmse = lambda pred, true: float(np.sqrt(np.nanmean((pred - true) ** 2)))  # noqa: E731
+    result = {}
+    for name in args.points:
+        out = RUNS / name
+        data = load_data(load_config(RUNS / "configs" / f"{name}.yaml"), out)
+        model, feature_extractor = load_model(out / "stage3", device="cpu")
+        rich = data.true_feh > -1.0
+        rows = {}
+        for context in ("all", 256, 128):
+            val = predict(model, feature_extractor, data.stage3_val, ("FE_H",), 64, context=context)["FE_H"][0]
+            test = predict(model, feature_extractor, data.test_fe, ("FE_H",), 64, context=context)["FE_H"][0]
+            rows[str(context)] = {"validation_iron_rich": rmse(val, data.stage3_val.labels["FE_H"]),
+                                  "test_iron_rich": rmse(test[rich], data.true_feh[rich]),
+                                  "test_iron_poor": rmse(test[~rich], data.true_feh[~rich])}
+        chosen = min(rows, key=lambda context: rows[context]["validation_iron_rich"])
+        result[name] = {"contexts": rows, "chosen_on_validation": chosen}
+        print(f"{name}: " + ", ".join(f"{c}: val {r['validation_iron_rich']:.4f} / test rich {r['test_iron_rich']:.4f}"
+                                      f" / poor {r['test_iron_poor']:.4f}" for c, r in rows.items())
+              + f" → chosen: {chosen}", flush=True)
+    (RESULTS / "stage3_context.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -368,8 +403,10 @@ def main() -> None:
     go.add_argument("--precision", default="no", choices=["no", "bf16"], help="stages 1-2 mixed precision")
     go.add_argument("--jobs", type=int, default=1, help="points run at once (one thread each)")
     sub.add_parser("report", help="figure + table from the results")
+    context = sub.add_parser("stage3-context", help="stage-3 test-time context (all / 256 / 128) on finished points")
+    context.add_argument("--points", nargs="+", required=True, help="point names, e.g. d64-10min-wide-seed0")
     args = parser.parse_args()
-    {"calibrate": calibrate, "run": run, "report": report}[args.command](args)
+    {"calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context}[args.command](args)
 
 
 if __name__ == "__main__":
