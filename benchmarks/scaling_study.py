@@ -275,14 +275,22 @@ def figure(results: list[dict], path: Path) -> None:
         else:
             reference = _mean(r["baselines"]["scratch_mlp"]["iron_poor_rmse"] for r in default)
         ax.axhline(factor * reference, color="C3", ls="-.", lw=1, label=label)
+        ticks = sorted({r["minutes"] for r in default})
+        fit = rich_fit(results) if key == "iron_rich_rmse" else None
+        if fit is not None and fit["slope"] < 0:
+            reach = minutes_to_goal(fit, fit["slope"])
+            span = np.geomspace(fit["minutes"].min(), min(max(reach, fit["minutes"].max()) * 1.2, 5000), 50)
+            ax.plot(span, fit["intercept"] + fit["slope"] * np.log2(span), color="0.5", ls="--", lw=1,
+                    label=f"fit, d = 64: {fit['slope']:+.4f} dex per doubling (extrapolated)")
+            ticks.append(round(reach))
         ax.set_xscale("log")
-        ax.set_xticks(sorted({r["minutes"] for r in default}))
+        ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("stage-1 budget (minutes of one idle core)")
         ax.set_ylabel("[Fe/H] RMSE (dex)")
         ax.set_title(title)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower left" if key == "iron_rich_rmse" else "best")
     by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
     series = (("iron_poor_rmse", "C3", "iron-poor stars"), ("iron_rich_rmse", "C0", "iron-rich stars"))
@@ -308,29 +316,47 @@ def figure(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def budget_to_goal(results: list[dict], d: int = 64, prior: str = "wide") -> str:
-    """Where the iron-rich curve at width ``d`` and ``prior`` (float32) meets the goal, by a straight-line
-    fit of stage-3 iron-rich RMSE against log2(stage-1 minutes) over every seed (one sentence).
+def rich_fit(results: list[dict], d: int = 64, prior: str = "wide") -> dict | None:
+    """Straight-line fit of stage-3 iron-rich RMSE against log2(stage-1 minutes) at width ``d`` and
+    ``prior`` (float32, every seed), and the goal it is aimed at; None with fewer than 3 budgets.
 
     A straight line in log-compute is the simplest reading of the measured points; a curve that
     flattens (as such curves do near a noise floor) would put the goal further away, never closer.
+    Returns slope and its 1σ error (dex per doubling), intercept (at 1 minute), goal (dex), the runs.
     """
     runs = [r for r in results if r["d"] == d and r["prior"] == prior and r.get("precision", "no") == "no"]
     minutes = np.array([r["minutes"] for r in runs], float)
     if len(set(minutes)) < 3:
-        return f"(too few budgets at d = {d}, {prior} prior for a fit: {sorted(set(minutes))})"
+        return None
     rich = np.array([r["stage3"]["iron_rich_rmse"] for r in runs])
-    goal = GOAL_RICH * _mean(min(b["iron_rich_rmse"] for b in r["baselines"].values()) for r in runs)
     (slope, intercept), covariance = np.polyfit(np.log2(minutes), rich, 1, cov=True)
-    error = float(np.sqrt(covariance[0, 0]))
-    text = (f"Fit over the {len(runs)} runs at d = {d}, {prior} prior ({minutes.min():g}–{minutes.max():g} min): "
-            f"iron-rich RMSE changes by {slope:+.4f} ± {error:.4f} dex per doubling of stage-1 compute; the goal "
-            f"({GOAL_RICH:g} × the best baseline's mean {goal / GOAL_RICH:.3f} = {goal:.3f} dex) ")
-    if slope >= 0 or slope + error >= 0:
+    goal = GOAL_RICH * _mean(min(b["iron_rich_rmse"] for b in r["baselines"].values()) for r in runs)
+    return {"slope": float(slope), "error": float(np.sqrt(covariance[0, 0])), "intercept": float(intercept),
+            "goal": goal, "runs": runs, "minutes": minutes}
+
+
+def minutes_to_goal(fit: dict, slope: float) -> float:
+    """Stage-1 minutes of one core at which a line of ``slope`` through the fit's centre meets the goal."""
+    centre = np.log2(fit["minutes"]).mean()
+    level = fit["intercept"] + fit["slope"] * centre
+    return float(2 ** (centre + (fit["goal"] - level) / slope))
+
+
+def budget_to_goal(results: list[dict], d: int = 64, prior: str = "wide") -> str:
+    """One sentence: :func:`rich_fit`'s slope and the budget where it meets the goal."""
+    fit = rich_fit(results, d, prior)
+    if fit is None:
+        return f"(too few budgets at d = {d}, {prior} prior for a fit)"
+    slope, error, minutes = fit["slope"], fit["error"], fit["minutes"]
+    text = (f"Fit over the {len(fit['runs'])} runs at d = {d}, {prior} prior ({minutes.min():g}–{minutes.max():g} "
+            f"min): iron-rich RMSE changes by {slope:+.4f} ± {error:.4f} dex per doubling of stage-1 compute; "
+            f"the goal ({GOAL_RICH:g} × the best baseline's mean {fit['goal'] / GOAL_RICH:.3f} = {fit['goal']:.3f} "
+            "dex) ")
+    if slope + error >= 0:
         return text + "is not approached by more compute within the fit's uncertainty."
-    at = lambda b: 2 ** ((goal - intercept) / b) / 60  # noqa: E731  (hours of one core)
-    return text + (f"is met after ≈ {at(slope):.1f} h of one core (slope ± 1σ: {at(slope - error):.1f}–"
-                   f"{at(slope + error):.1f} h), an extrapolation beyond the {minutes.max():g} minutes measured.")
+    hours = [minutes_to_goal(fit, s) / 60 for s in (slope, slope - error, slope + error)]
+    return text + (f"is met after ≈ {hours[0]:.1f} h of one core (slope ± 1σ: {hours[1]:.1f}–{hours[2]:.1f} h), "
+                   f"an extrapolation beyond the {minutes.max():g} minutes measured.")
 
 
 def _mean(values) -> float:
