@@ -1,0 +1,70 @@
+"""The arithmetic behind issue 15's statements: the log-compute fit of the scaling study and the
+per-seed table of the quickstart (benchmarks/scaling_study.py, benchmarks/quickstart_seeds.py)."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quickstart_seeds  # noqa: E402
+import scaling_study  # noqa: E402
+
+
+def point(minutes, rich, poor=0.2, seed=0, best_rich=0.1, mlp_poor=0.8, d=64, prior="wide"):
+    """A result JSON as ``scaling_study.summarise`` writes it, with only the fields the tables read."""
+    return {"d": d, "prior": prior, "minutes": minutes, "seed": seed, "steps": int(minutes * 175),
+            "n_metal_poor_synthetic": 2630,
+            "stage3": {"iron_rich_rmse": rich, "iron_poor_rmse": poor, "validation_iron_rich_rmse": rich,
+                       "coverage_68": 0.68},
+            "baselines": {"scratch_mlp": {"iron_rich_rmse": best_rich, "iron_poor_rmse": mlp_poor},
+                          "ridge": {"iron_rich_rmse": best_rich + 0.04, "iron_poor_rmse": mlp_poor - 0.1}},
+            "ratios": {"iron_rich_vs_best_baseline": rich / best_rich, "iron_poor_vs_mlp": poor / mlp_poor},
+            "stage2_rmse": {label: 0.1 for label in scaling_study.LABELS}}
+
+
+def test_fit_recovers_the_budget_of_an_exact_log_line():
+    # RMSE = 0.15 − 0.01 log2(minutes); goal 0.9 × 0.1 = 0.09 → log2 m = 6 → 64 minutes
+    results = [point(m, 0.15 - 0.01 * math.log2(m)) for m in (4, 8, 16, 32)]
+    results.append(point(10, 0.2, d=128))  # another width is not part of the fit
+    fit = scaling_study.rich_fit(results)
+    assert fit["slope"] == pytest.approx(-0.01, abs=1e-12)
+    assert fit["goal"] == pytest.approx(0.09)
+    assert scaling_study.minutes_to_goal(fit, fit["slope"]) == pytest.approx(64.0, rel=1e-9)
+    assert "≈ 1.1 h of one core" in scaling_study.budget_to_goal(results)
+
+
+def test_fit_says_when_compute_does_not_help_and_when_it_cannot_fit():
+    flat = [point(m, 0.13 + 0.001 * k) for k, m in enumerate((5, 10, 20))]
+    assert "not approached" in scaling_study.budget_to_goal(flat)
+    assert scaling_study.rich_fit(flat[:2]) is None
+    assert "too few budgets" in scaling_study.budget_to_goal(flat[:2])
+
+
+def seed_result(seed, rich, poor, coverage, enrichment, control, passes=True):
+    result = point(10, rich, poor, seed=seed)
+    result["stage3"]["coverage_68"] = coverage
+    result["unseen"] = seed not in quickstart_seeds.TUNING_SEEDS
+    result["acceptance"] = {
+        "FE_H attention enrichment on Fe lines": {"value": enrichment, "pass": passes},
+        "FE_H enrichment above its shuffled control": {"value": control, "pass": True},
+    }
+    return result
+
+
+def test_seed_table_mean_worst_and_goal_count():
+    results = [seed_result(0, 0.12, 0.16, 0.70, 1.6, 0.3), seed_result(11, 0.08, 0.24, 0.60, 1.4, 0.1, passes=False)]
+    text = quickstart_seeds.table(results)
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+    assert rows["0"][1] == "no" and rows["11"][1] == "yes"
+    assert rows["11"][-1] == "NO"  # one failed check shows
+    assert rows["mean"][2] == "0.100" and rows["mean"][5] == "0.200"
+    assert rows["worst"][2] == "0.120" and rows["worst"][5] == "0.240"
+    assert rows["worst"][8] == "0.600"  # the coverage farthest from 0.68
+    assert rows["worst"][9] == "1.40 (+0.10)"
+    # seed 11: 0.08 / 0.1 = 0.8 ≤ 0.9 but 0.24 / 0.8 = 0.3 > 0.25 → goal missed; seed 0 misses both
+    assert "met in 0 of 2 seeds" in text
+    # a seed with 0.08 / 0.1 = 0.8 and 0.16 / 0.8 = 0.2 meets it
+    assert "met in 1 of 3 seeds" in quickstart_seeds.table(results + [seed_result(12, 0.08, 0.16, 0.68, 1.6, 0.3)])
