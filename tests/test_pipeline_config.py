@@ -1,6 +1,7 @@
 """The pipeline's typed config: every shipped YAML loads, typos are refused with a suggestion, and the
 defaults are the documented ones."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,44 @@ def test_a_step_that_fails_is_reported_as_stopped_not_done(capsys):
     out = capsys.readouterr().out
     assert "stage 1 done in" in out and "stage 2 stopped after" in out and "stage 2 done" not in out
     assert set(timer.seconds) == {"stage 1", "stage 2"}
+
+
+def test_the_paper_protocol_config_is_the_quickstart_but_for_its_protocol():
+    quickstart = load_config(CONFIGS / "quickstart.yaml")
+    protocol = load_config(CONFIGS / "quickstart_paper_protocol.yaml")
+    assert protocol.path == str(CONFIGS / "quickstart_paper_protocol.yaml")
+    expected = replace(
+        quickstart, path=protocol.path,
+        stage1=replace(quickstart.stage1, request="random", narrow_window_fraction=0.0),
+        stage2=replace(quickstart.stage2, request="random", narrow_window_fraction=0.0),
+        stage3=replace(quickstart.stage3, from_stage1=True, spec=replace(quickstart.stage3.spec, rehearsal=0)))
+    assert protocol == expected
+    assert quickstart.stage3.spec.rehearsal == 32 and quickstart.stage1.request == "all"  # the test can fail
+
+
+def test_base_merges_mappings_key_by_key_and_replaces_the_rest(tmp_path):
+    base = _tiny()
+    _write(tmp_path, base, "base.yaml")
+    (tmp_path / "sub").mkdir()
+    child = _write(tmp_path / "sub", {"base": "../base.yaml", "seed": 5, "data": {"synthetic": {"n": 77}},
+                                      "stage1": {"max_steps": 3}, "model": {"encoder_heads": [1]}})
+    config = load_config(child)
+    assert config.seed == 5 and config.data.synthetic.n == 77
+    assert config.data.synthetic.prior == base["data"]["synthetic"].get("prior", "apogee")  # kept from the base
+    assert config.data.observed.n == base["data"]["observed"]["n"]
+    assert config.stage1.loop.max_steps == 3
+    assert config.stage1.loop.learning_rate == base["stage1"]["learning_rate"]
+    assert config.model["encoder_heads"] == [1] and config.model["d_model"] == base["model"]["d_model"]
+
+
+def test_base_errors_name_the_file_and_the_fix(tmp_path):
+    missing = _write(tmp_path, {"base": "nowhere.yaml"}, "missing.yaml")
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml: base config .*nowhere\.yaml not found"):
+        load_config(missing)
+    _write(tmp_path, {"base": "b.yaml"}, "a.yaml")
+    _write(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    with pytest.raises(ValueError, match="leads back to a config already being read"):
+        load_config(tmp_path / "a.yaml")
+    wrong = _write(tmp_path, {"base": 3}, "wrong.yaml")
+    with pytest.raises(ValueError, match=r"wrong\.yaml: base must be the path of another config"):
+        load_config(wrong)

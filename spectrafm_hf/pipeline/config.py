@@ -22,6 +22,10 @@ Layout of the YAML (``training/configs/quickstart.yaml`` is the commented exampl
       observed: {path: runs/apogee_dr17}       # its train / validation / test splits
       test: {n_iron_poor: 0}                   # no simulated supplement for real data
 
+A config may start from another: ``base: quickstart.yaml`` (a path relative to this file) reads that
+file first, then this file's values on top, section by section (mappings merge key by key, anything else
+replaces), e.g. ``training/configs/quickstart_paper_protocol.yaml``.
+
 Every default lives here. A key that is not a field is an error naming the key, its section and the
 nearest valid key (typos must not be silently ignored). Two quirks kept for compatibility: a
 ``baselines: null`` or ``attention: null`` section means "all defaults" (as an absent section does);
@@ -265,14 +269,10 @@ class PipelineConfig:
 def load_config(path: str | Path, seed: int | None = None, stage3_trainer: str | None = None) -> PipelineConfig:
     """Read a pipeline YAML into a :class:`PipelineConfig`; ``seed`` / ``stage3_trainer`` (the command
     line's, None = keep the file's) replace the file's values. Every error names the file."""
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pipeline config {path} not found; try training/configs/quickstart.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = _read_with_base(path, ())
     for section in REQUIRED_SECTIONS:
         if section not in raw:
             raise ValueError(f"{path}: missing section {section!r} (see training/configs/quickstart.yaml)")
@@ -282,6 +282,37 @@ def load_config(path: str | Path, seed: int | None = None, stage3_trainer: str |
         return replace(config, **overrides) if overrides else config
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def _read_with_base(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The YAML mapping of ``path``, on top of its ``base:`` file's (recursively); ``chain`` holds the
+    files that led here, to refuse a cycle."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = dict(raw)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: base must be the path of another config, e.g. base: quickstart.yaml")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise FileNotFoundError(f"{path}: base config {base_path} not found (base is relative to {path.parent})")
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise ValueError(f"{path}: base {base!r} leads back to a config already being read; remove the cycle")
+    return _merged(_read_with_base(base_path, (*chain, path)), raw)
+
+
+def _merged(base: Mapping, override: Mapping) -> dict:
+    """``override`` on top of ``base``: mappings merged key by key, every other value replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_mappings = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = _merged(merged[key], value) if both_mappings else copy.deepcopy(value)
+    return merged
 
 
 def _build(raw: Mapping, path: str) -> PipelineConfig:
