@@ -8,8 +8,12 @@ config (or another) once per seed, keeps the few numbers that matter in
     python benchmarks/quickstart_seeds.py run --seeds 11 12 --threads 1      # one run after the other
     python benchmarks/quickstart_seeds.py collect --seed 0 --run runs/quickstart   # a run made before
     python benchmarks/quickstart_seeds.py report     # the table, also written into docs/scaling.md
+    # another recipe: its own --tag (results and table apart), e.g. the paper's protocol
+    python benchmarks/quickstart_seeds.py run --seeds 0 --threads 1 --tag paper_protocol \
+        --config training/configs/quickstart_paper_protocol.yaml
 
-Runs go to ``runs/quickstart_seeds/seed<N>`` (never committed). ``--threads`` overrides the config's
+Runs go to ``runs/quickstart_seeds/<tag>/seed<N>`` (never committed), results to
+``docs/results/quickstart_seeds/<tag>/seed<N>.json``. ``--threads`` overrides the config's
 ``torch_threads`` (one thread lets two jobs share the two cores); a different thread count sums floats
 in a different order, so a seed's numbers then differ from a run with the config's own thread count
 within the seed-to-seed spread, not bit for bit.
@@ -34,11 +38,12 @@ import yaml
 # same folder: the numbers and goal the scaling study uses
 from scaling_study import GOAL_POOR, GOAL_RICH, LABELS, REPO, summarise
 
+from spectrafm_hf.pipeline import load_config
+
 CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
 RESULTS = REPO / "docs" / "results" / "quickstart_seeds"
 RUNS = REPO / "runs" / "quickstart_seeds"
 DOC = REPO / "docs" / "scaling.md"
-TABLE_BEGIN, TABLE_END = "<!-- quickstart seeds begin -->", "<!-- quickstart seeds end -->"
 TUNING_SEEDS = (0, 1, 2)
 
 
@@ -47,26 +52,28 @@ def record(out: Path, seed: int, config_path: Path, threads: int | None, wall_s:
     metrics = json.loads((out / "metrics.json").read_text())
     if metrics["run"]["seed"] != seed:
         raise SystemExit(f"{out} was run with seed {metrics['run']['seed']}, not {seed}")
-    summary = summarise(out, seed=seed, prior="wide", config=str(config_path), threads=threads, wall_s=wall_s)
+    prior = load_config(config_path).data.synthetic.prior
+    summary = summarise(out, seed=seed, prior=prior, config=str(config_path), threads=threads, wall_s=wall_s)
     summary["acceptance"] = metrics["acceptance"]
     summary["unseen"] = seed not in TUNING_SEEDS
     return summary
 
 
 def run(args) -> None:
-    base = yaml.safe_load(Path(args.config).read_text())
-    if args.threads is not None:
-        base["torch_threads"] = args.threads
-    RUNS.mkdir(parents=True, exist_ok=True)
-    config_path = RUNS / f"config-threads{base['torch_threads']}.yaml"
-    config_path.write_text(yaml.safe_dump(base, sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": str(base["torch_threads"]), "PYTHONPATH": str(REPO)}
+    config_path = Path(args.config).resolve()
+    threads = args.threads or load_config(config_path).torch_threads
+    runs = RUNS / args.tag
+    runs.mkdir(parents=True, exist_ok=True)
+    if args.threads is not None:  # the config itself, with the thread count on top (``base:``)
+        config_path = runs / f"config-threads{threads}.yaml"
+        config_path.write_text(yaml.safe_dump({"base": str(Path(args.config).resolve()), "torch_threads": threads}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     for seed in args.seeds:
-        result_path = RESULTS / f"seed{seed}.json"
+        result_path = RESULTS / args.tag / f"seed{seed}.json"
         if result_path.exists():
             print(f"[seeds] seed {seed}: done before ({result_path.relative_to(REPO)})", flush=True)
             continue
-        out, log = RUNS / f"seed{seed}", RUNS / f"seed{seed}.log"
+        out, log = runs / f"seed{seed}", runs / f"seed{seed}.log"
         print(f"[seeds] seed {seed} → {out.relative_to(REPO)} (log {log.name})", flush=True)
         start = time.perf_counter()
         with open(log, "a") as handle:
@@ -75,17 +82,17 @@ def run(args) -> None:
                                   stderr=subprocess.STDOUT)
         if done.returncode != 0:
             raise SystemExit(f"seed {seed} failed (exit {done.returncode}); see {log}")
-        write(record(out, seed, Path(args.config), base["torch_threads"], time.perf_counter() - start))
+        write(record(out, seed, Path(args.config), threads, time.perf_counter() - start), args.tag)
 
 
 def collect(args) -> None:
     """Keep the numbers of a quickstart run made elsewhere (its config's thread count, wall time unknown)."""
-    write(record(Path(args.run), args.seed, Path(args.config), None, None))
+    write(record(Path(args.run), args.seed, Path(args.config), None, None), args.tag)
 
 
-def write(summary: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"seed{summary['seed']}.json"
+def write(summary: dict, tag: str) -> None:
+    (RESULTS / tag).mkdir(parents=True, exist_ok=True)
+    path = RESULTS / tag / f"seed{summary['seed']}.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
     ratios = summary["ratios"]
     print(f"[seeds] seed {summary['seed']}: iron-rich ÷ best baseline {ratios['iron_rich_vs_best_baseline']:.2f}, "
@@ -130,12 +137,15 @@ def table(results: list[dict]) -> str:
 
 
 def report(args) -> None:
-    results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("seed*.json"))]
+    """Print the table of ``--tag`` and write it between ``<!-- <tag> seeds begin/end -->`` in docs/scaling.md."""
+    results = [json.loads(path.read_text()) for path in sorted((RESULTS / args.tag).glob("seed*.json"))]
     if not results:
-        raise SystemExit(f"no results in {RESULTS}; run `python {Path(__file__).name} run --seeds ...` first")
+        raise SystemExit(f"no results in {RESULTS / args.tag}; "
+                         f"run `python {Path(__file__).name} run --seeds ...` first")
     text = table(results)
     print(text)
     doc = DOC.read_text()
+    TABLE_BEGIN, TABLE_END = f"<!-- {args.tag} seeds begin -->", f"<!-- {args.tag} seeds end -->"
     if TABLE_BEGIN in doc and TABLE_END in doc:
         before, rest = doc.split(TABLE_BEGIN, 1)
         DOC.write_text(before + TABLE_BEGIN + "\n" + text + TABLE_END + rest.split(TABLE_END, 1)[1])
@@ -151,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     collect_parser = commands.add_parser("collect", help="keep the numbers of a finished quickstart run")
     collect_parser.add_argument("--seed", type=int, required=True)
     collect_parser.add_argument("--run", required=True, help="its run folder (metrics.json, timings.json)")
+    report_parser = commands.add_parser("report", help="print the table and write it into docs/scaling.md")
     for sub in (run_parser, collect_parser):
         sub.add_argument("--config", default=str(CONFIG))
-    commands.add_parser("report", help="print the table and write it into docs/scaling.md")
+    for sub in (run_parser, collect_parser, report_parser):
+        sub.add_argument("--tag", default="quickstart", help="the recipe's name: its results and table apart")
     args = parser.parse_args(argv)
     {"run": run, "collect": collect, "report": report}[args.command](args)
 
