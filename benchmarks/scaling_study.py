@@ -290,7 +290,7 @@ def figure(results: list[dict], path: Path) -> None:
         ax.set_xlabel("stage-1 budget (minutes of one idle core)")
         ax.set_ylabel("[Fe/H] RMSE (dex)")
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="lower left" if key == "iron_rich_rmse" else "best")
+        ax.legend(fontsize=7, loc="upper right" if key == "iron_rich_rmse" else "best")
     by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
     series = (("iron_poor_rmse", "C3", "iron-poor stars"), ("iron_rich_rmse", "C0", "iron-rich stars"))
