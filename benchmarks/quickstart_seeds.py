@@ -102,8 +102,8 @@ def write(summary: dict, tag: str) -> None:
 def table(results: list[dict]) -> str:
     """Markdown: one row per seed, then the mean and the worst seed of each column that has a direction."""
     head = ("| seed | unseen | stage 3 iron-rich | best baseline (rich) | ÷ (goal ≤ 0.9) | stage 3 iron-poor | "
-            "MLP (poor) | ÷ (goal ≤ 0.25) | calibrated 68 % | Fe enrichment (− control) | all checks pass |\n"
-            "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n")
+            "MLP (poor) | ÷ (goal ≤ 0.25) | calibrated 68 % | Fe enrichment (− control) | acceptance checks failed |\n"
+            "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
     rows, columns = [], []
     for result in sorted(results, key=lambda r: r["seed"]):
         stage3, ratios, checks = result["stage3"], result["ratios"], result["acceptance"]
@@ -114,10 +114,11 @@ def table(results: list[dict]) -> str:
                   result["baselines"]["scratch_mlp"]["iron_poor_rmse"], ratios["iron_poor_vs_mlp"],
                   stage3["coverage_68"], enrichment, control]
         columns.append(values)
-        passed = all(check["pass"] for check in checks.values())
+        failed = [f"{name} ({check['value']:.3g}, target {check['target']})" for name, check in checks.items()
+                  if not check["pass"]]
         rows.append(f"| {result['seed']} | {'yes' if result['unseen'] else 'no'} | {values[0]:.3f} | {values[1]:.3f} | "
                     f"{values[2]:.2f} | {values[3]:.3f} | {values[4]:.3f} | {values[5]:.2f} | {values[6]:.3f} | "
-                    f"{values[7]:.2f} ({values[8]:+.2f}) | {'yes' if passed else 'NO'} |")
+                    f"{values[7]:.2f} ({values[8]:+.2f}) | {'; '.join(failed) or 'none'} |")
     matrix = np.array(columns)
     mean = matrix.mean(axis=0)
     # worst: the larger RMSE and ratio, the coverage farthest from 0.68, the smaller enrichment and margin

@@ -47,8 +47,8 @@ def seed_result(seed, rich, poor, coverage, enrichment, control, passes=True):
     result["stage3"]["coverage_68"] = coverage
     result["unseen"] = seed not in quickstart_seeds.TUNING_SEEDS
     result["acceptance"] = {
-        "FE_H attention enrichment on Fe lines": {"value": enrichment, "pass": passes},
-        "FE_H enrichment above its shuffled control": {"value": control, "pass": True},
+        "FE_H attention enrichment on Fe lines": {"value": enrichment, "target": "> 1.5", "pass": passes},
+        "FE_H enrichment above its shuffled control": {"value": control, "target": "> 0", "pass": True},
     }
     return result
 
@@ -59,7 +59,8 @@ def test_seed_table_mean_worst_and_goal_count():
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
             for line in text.splitlines() if line.startswith("| ")}
     assert rows["0"][1] == "no" and rows["11"][1] == "yes"
-    assert rows["11"][-1] == "NO"  # one failed check shows
+    assert rows["11"][-1] == "FE_H attention enrichment on Fe lines (1.4, target > 1.5)"  # the failed check
+    assert rows["0"][-1] == "none"
     assert rows["mean"][2] == "0.100" and rows["mean"][5] == "0.200"
     assert rows["worst"][2] == "0.120" and rows["worst"][5] == "0.240"
     assert rows["worst"][8] == "0.600"  # the coverage farthest from 0.68
