@@ -355,8 +355,11 @@ def budget_to_goal(results: list[dict], d: int = 64, prior: str = "wide") -> str
     if slope + error >= 0:
         return text + "is not approached by more compute within the fit's uncertainty."
     hours = [minutes_to_goal(fit, s) / 60 for s in (slope, slope - error, slope + error)]
+    budgets = sorted(set(minutes))
+    mean_at = [_mean(r["stage3"]["iron_rich_rmse"] for r in fit["runs"] if r["minutes"] == m) for m in budgets[-2:]]
     return text + (f"is met after ≈ {hours[0]:.1f} h of one core (slope ± 1σ: {hours[1]:.1f}–{hours[2]:.1f} h), "
-                   f"an extrapolation beyond the {minutes.max():g} minutes measured.")
+                   f"an extrapolation beyond the {minutes.max():g} minutes measured, whose last step "
+                   f"({budgets[-2]:g} → {budgets[-1]:g} min) changed the RMSE by {mean_at[1] - mean_at[0]:+.4f} dex.")
 
 
 def _mean(values) -> float:
