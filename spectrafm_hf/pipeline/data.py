@@ -68,14 +68,19 @@ class PipelineData:
         return self.test.labels["FE_H"]
 
 
-def load_data(config: PipelineConfig, out: Path) -> PipelineData:
-    """Simulate or load the datasets, then cut them into the arrays of :class:`PipelineData`."""
+def process_state():
+    """Accelerate's state of this process (its rank and device under ``accelerate launch``). ``cpu=``
+    comes from the launcher's env: a CPU-only state created here would ignore the process group."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    # Under accelerate launch: simulate once, the other processes load the cache. (cpu= from the
-    # launcher's env, or a CPU-only PartialState created here would ignore the process group.)
-    with PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).main_process_first():
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def load_data(config: PipelineConfig, out: Path) -> PipelineData:
+    """Simulate or load the datasets, then cut them into the arrays of :class:`PipelineData`."""
+    # Under accelerate launch: simulate once, the other processes load the cache.
+    with process_state().main_process_first():
         datasets = prepare_datasets(config, out)
     synthetic_train = window_data(datasets["synthetic"]["train"], ALL_PIXELS)
     synthetic_val = window_data(datasets["synthetic"]["validation"], ALL_PIXELS)

@@ -18,7 +18,7 @@ from ..data.arrays import WindowData, cut_window
 from ..data.grid import FE_WINDOW, FIRST_HALF
 from ..data.labels import LABELS
 from .config import AttentionConfig, PipelineConfig
-from .data import PipelineData, first_rows
+from .data import PipelineData, first_rows, process_state
 
 #: Validation stars on which stage 2's variance scales are fitted (the first ones of the split).
 N_STAGE2_VALIDATION = 500
@@ -69,10 +69,7 @@ def evaluate_models(config: PipelineConfig, data: PipelineData, out: Path, train
 def evaluation_device():
     """This process's accelerator (its own GPU under ``accelerate launch``, else the CPU), where the
     trained models are evaluated, so that a GPU run does not evaluate a paper-size model on the CPU."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    return process_state().device
 
 
 def snr_per_pixel(data: WindowData) -> np.ndarray:
