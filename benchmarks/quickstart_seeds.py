@@ -74,6 +74,8 @@ def run(args) -> None:
             print(f"[seeds] seed {seed}: done before ({result_path.relative_to(REPO)})", flush=True)
             continue
         out, log = runs / f"seed{seed}", runs / f"seed{seed}.log"
+        if args.stages_from:
+            _copy_stages(Path(args.stages_from.format(seed=seed)), out)
         print(f"[seeds] seed {seed} → {out.relative_to(REPO)} (log {log.name})", flush=True)
         start = time.perf_counter()
         with open(log, "a") as handle:
@@ -83,6 +85,20 @@ def run(args) -> None:
         if done.returncode != 0:
             raise SystemExit(f"seed {seed} failed (exit {done.returncode}); see {log}")
         write(record(out, seed, Path(args.config), threads, time.perf_counter() - start), args.tag)
+
+
+def _copy_stages(source: Path, out: Path) -> None:
+    """Start ``out`` with copies of ``source``'s finished stage 1 and stage 2, for a recipe that changes
+    only what comes after them; the pipeline reuses a copied stage only if its recorded settings and data
+    are this run's (else it trains it again, in the copy). Copies, not links: the source stays untouched."""
+    import shutil
+
+    for stage in ("stage1", "stage2"):
+        if not (source / stage / "stage_complete.json").exists():
+            raise SystemExit(f"--stages-from: {source / stage} is not a finished stage; give a finished run's folder")
+        if (out / stage).exists():
+            continue  # this run's own (or an earlier copy): never overwritten
+        shutil.copytree(source / stage, out / stage)
 
 
 def collect(args) -> None:
@@ -159,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     run_parser = commands.add_parser("run", help="run the pipeline once per seed")
     run_parser.add_argument("--seeds", type=int, nargs="+", required=True)
     run_parser.add_argument("--threads", type=int, default=None, help="override the config's torch_threads")
+    run_parser.add_argument("--stages-from", default=None,
+                            help="copy stage 1-2 from this run folder ({seed} = the seed), e.g. "
+                                 "runs/quickstart_seeds/quickstart/seed{seed}: for recipes that change stage 3 only")
     collect_parser = commands.add_parser("collect", help="keep the numbers of a finished quickstart run")
     collect_parser.add_argument("--seed", type=int, required=True)
     collect_parser.add_argument("--run", required=True, help="its run folder (metrics.json, timings.json)")

@@ -417,6 +417,99 @@ def stage3_context(args) -> None:
     (RESULTS / "stage3_context.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def stage1_precision(args) -> None:
+    """How precisely each point's stage 1 reads [Fe/H] in the Fe window of CLEAN synthetic validation
+    spectra (its own training distribution, no noise, no model mismatch), iron-rich and iron-poor; beside
+    it, the scratch MLP trained on ``--mlp-stars`` synthetic Fe-window spectra: what a plain regressor
+    reads from the same pixels. If stage 1 is far above that, the foundation model's own precision, not
+    the 100 stage-3 stars, bounds stage 3."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.checkpoints import load_model
+    from spectrafm_hf.data.arrays import cut_window, subset
+    from spectrafm_hf.data.grid import FE_WINDOW
+    from spectrafm_hf.pipeline import load_config
+    from spectrafm_hf.pipeline.data import FEH_RICH_MIN, load_data
+    from spectrafm_hf.training.baselines import fit_scratch_mlp
+    from spectrafm_hf.training.stages import predict
+
+    torch.set_num_threads(1)
+    result, reference = {}, {}
+    for name in args.points:
+        out = RUNS / name
+        data = load_data(load_config(RUNS / "configs" / f"{name}.yaml"), out)
+        validation = cut_window(subset(data.synthetic_val, np.arange(min(len(data.synthetic_val), args.stars))),
+                                FE_WINDOW)
+        truth = validation.labels["FE_H"]
+        rich = truth > FEH_RICH_MIN
+        model, feature_extractor = load_model(out / "stage1", device="cpu")
+        pred = predict(model, feature_extractor, validation, ("FE_H",), 64)["FE_H"][0]
+        row = {"iron_rich": _rmse(pred[rich], truth[rich]), "iron_poor": _rmse(pred[~rich], truth[~rich]),
+               "n_iron_rich": int(rich.sum()), "n_iron_poor": int((~rich).sum())}
+        prior = name.split("-")[2]
+        if prior not in reference:  # one MLP per synthetic universe (prior)
+            train = cut_window(subset(data.synthetic_train, np.arange(args.mlp_stars)), FE_WINDOW)
+            rest = cut_window(subset(data.synthetic_val, np.arange(args.stars, len(data.synthetic_val))), FE_WINDOW)
+            mlp_pred = fit_scratch_mlp(train, rest, max_steps=3000, eval_every=100, patience=8).predict(validation)[0]
+            reference[prior] = {"iron_rich": _rmse(mlp_pred[rich], truth[rich]),
+                                "iron_poor": _rmse(mlp_pred[~rich], truth[~rich]), "n_train": args.mlp_stars}
+        row["scratch_mlp_same_pixels"] = reference[prior]
+        result[name] = row
+        print(f"{name}: stage 1 on clean synthetic Fe-window spectra: iron-rich {row['iron_rich']:.4f}, iron-poor "
+              f"{row['iron_poor']:.4f} dex; scratch MLP on {args.mlp_stars} synthetic spectra: "
+              f"{reference[prior]['iron_rich']:.4f} / {reference[prior]['iron_poor']:.4f}", flush=True)
+    (RESULTS / "stage1_precision.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def window_probe(args) -> None:
+    """The quickstart's d = 64 transformer trained from scratch on the synthetic Fe window ONLY (512
+    pixels, ``--context`` pixels per star and step, ``--steps`` steps), scored like ``stage1-precision``:
+    does the transformer read [Fe/H] precisely when all its steps are spent on these pixels?"""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.checkpoints import load_model
+    from spectrafm_hf.data.arrays import cut_window, subset
+    from spectrafm_hf.data.grid import FE_WINDOW
+    from spectrafm_hf.pipeline import load_config
+    from spectrafm_hf.pipeline.data import FEH_RICH_MIN, load_data
+    from spectrafm_hf.training.stages import predict, run_stage
+
+    torch.set_num_threads(1)
+    base = "d64-10min-wide-seed0"
+    config = load_config(RUNS / "configs" / f"{base}.yaml")
+    data = load_data(config, RUNS / base)
+    n_val = len(data.synthetic_val)
+    scored = cut_window(subset(data.synthetic_val, np.arange(args.stars)), FE_WINDOW)  # as stage1-precision
+    selection = cut_window(subset(data.synthetic_val, np.arange(args.stars, min(n_val, args.stars + 256))), FE_WINDOW)
+    spec = copy.deepcopy(config.stage1)
+    spec.window, spec.context_length, spec.narrow_window_fraction = "fe_window", args.context, 0.0
+    spec.loop.max_steps = args.steps
+    spec.loop.eval_every = spec.loop.checkpoint_every = max(50, args.steps // 5)
+    name = f"window-probe-ctx{args.context}-{args.steps}steps"
+    start = time.perf_counter()
+    run_stage(spec, cut_window(data.synthetic_train, FE_WINDOW), selection, RUNS / name,
+              model_config=dict(config.model), seed=0)
+    seconds = time.perf_counter() - start
+    model, feature_extractor = load_model(RUNS / name, device="cpu")
+    pred = predict(model, feature_extractor, scored, ("FE_H",), 64)["FE_H"][0]
+    truth = scored.labels["FE_H"]
+    rich = truth > FEH_RICH_MIN
+    row = {"context": args.context, "steps": args.steps, "train_seconds": round(seconds, 1),
+           "iron_rich": _rmse(pred[rich], truth[rich]), "iron_poor": _rmse(pred[~rich], truth[~rich])}
+    print(f"{name}: [Fe/H] on clean synthetic Fe-window spectra: iron-rich {row['iron_rich']:.4f}, iron-poor "
+          f"{row['iron_poor']:.4f} dex ({seconds:.0f} s)", flush=True)
+    path = RESULTS / "window_probe.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[name] = row
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.sqrt(np.nanmean((prediction - truth) ** 2)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,8 +527,17 @@ def main() -> None:
     sub.add_parser("report", help="figure + table from the results")
     context = sub.add_parser("stage3-context", help="stage-3 test-time context (all / 256 / 128) on finished points")
     context.add_argument("--points", nargs="+", required=True, help="point names, e.g. d64-10min-wide-seed0")
+    precision = sub.add_parser("stage1-precision", help="stage 1's [Fe/H] RMSE on clean synthetic Fe-window spectra")
+    precision.add_argument("--points", nargs="+", required=True, help="point names, e.g. d64-10min-wide-seed0")
+    precision.add_argument("--stars", type=int, default=600, help="synthetic validation stars scored")
+    precision.add_argument("--mlp-stars", type=int, default=2000, help="synthetic spectra for the MLP reference")
+    probe = sub.add_parser("window-probe", help="the transformer trained on the synthetic Fe window only")
+    probe.add_argument("--context", type=int, default=128)
+    probe.add_argument("--steps", type=int, default=1750)
+    probe.add_argument("--stars", type=int, default=600, help="synthetic validation stars scored")
     args = parser.parse_args()
-    {"calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context}[args.command](args)
+    {"calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context,
+     "stage1-precision": stage1_precision, "window-probe": window_probe}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""Stage-3 recipe variants on finished quickstart runs, chosen on validation stars (issue 15). Prints
+figures and writes small JSON results; not a test.
+
+Every quickstart seed's stage 3 picked its best checkpoint in the last 100 of its 600 steps (seeds 0, 1,
+11, 13: step 500–575), so the fine-tune may stop while still improving. Each variant here re-trains
+stage 3 from a run's own stage-2 folder with one change to ``training/configs/quickstart.yaml``'s stage 3
+and measures, for the choice, the iron-rich VALIDATION stars only (the stage's own selection metric, and
+the [Fe/H] attention enrichment on the first 200 of them), and, for the report, the test stars (iron-rich
+and iron-poor RMSE, the attention check of the pipeline on the first 200 test stars).
+
+Usage (one thread per process; a variant takes ~4–15 min of one core)::
+
+    python benchmarks/stage3_variants.py run --runs runs/quickstart_s6:0 runs/quickstart_seeds/quickstart/seed1:1 \
+        --variants quickstart steps2000
+    python benchmarks/stage3_variants.py report      # the table, from docs/results/stage3_variants/*.json
+
+``--runs`` takes ``folder:seed`` pairs: a finished quickstart run (its ``stage2/`` is the start) and the
+run seed it was made with (it draws the 100 stars). Re-trained stages go to
+``runs/stage3_variants/seed<N>/<variant>/`` (never committed; a finished one is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
+RESULTS = REPO / "docs" / "results" / "stage3_variants"
+RUNS = REPO / "runs" / "stage3_variants"
+N_ATTENTION = 200  # stars of the attention analyses, as the quickstart's attention.n_stars
+
+#: Variant name → changes to the quickstart's stage-3 loop ("loop") and stage spec ("spec").
+VARIANTS = {
+    "quickstart": {},
+    "steps2000": {"loop": {"max_steps": 2000, "patience": 16}},
+    "cosine2000": {"loop": {"max_steps": 2000, "schedule": "cosine", "min_lr_ratio": 0.05, "patience": None}},
+    "context256": {"spec": {"context_length": 256}},
+    "context512": {"spec": {"context_length": 512}},
+    "unfrozen": {"spec": {"freeze_decoder": False, "freeze_encoder_blocks": []}},
+}
+
+
+def _variant_spec(base_spec, variant: str):
+    change = VARIANTS[variant]
+    loop = dataclasses.replace(base_spec.loop, **change.get("loop", {}))
+    return dataclasses.replace(base_spec, loop=loop, **change.get("spec", {}))
+
+
+def _rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.sqrt(np.nanmean((prediction - truth) ** 2)))  # NaN: a missing true label
+
+
+def _enrichment(model_dir: Path, stars, options) -> dict:
+    from spectrafm_hf.data.arrays import subset
+    from spectrafm_hf.training.attention import analyse_model
+
+    first = subset(stars, np.arange(min(len(stars), N_ATTENTION)))
+    profile = analyse_model(model_dir, first, ("FE_H",), batch_size=options.batch_size, device="cpu",
+                            core_half_width_A=options.core_half_width_A)["profiles"]["FE_H"]
+    return {"enrichment": float(profile["enrichment"]), "control": float(profile["enrichment_control"])}
+
+
+def measure(run_dir: Path, seed: int, variant: str) -> dict:
+    """Re-train stage 3 of ``run_dir`` (seed ``seed``) as ``variant``; its validation and test figures."""
+    from spectrafm_hf.checkpoints import load_model
+    from spectrafm_hf.data.arrays import cut_window
+    from spectrafm_hf.data.grid import FE_WINDOW
+    from spectrafm_hf.pipeline.config import load_config
+    from spectrafm_hf.pipeline.data import FEH_RICH_MIN, load_data
+    from spectrafm_hf.training.stages import predict, run_stage
+
+    config = load_config(CONFIG, seed=seed)
+    if not (run_dir / "stage2" / "stage_complete.json").exists():
+        raise SystemExit(f"{run_dir}/stage2 is not a finished stage 2; give a finished quickstart run")
+    data = load_data(config, run_dir)
+    spec = _variant_spec(config.stage3.spec, variant)
+    rehearsal = cut_window(data.synthetic_train, FE_WINDOW) if spec.rehearsal else None
+    out = RUNS / f"seed{seed}" / variant
+    start = time.perf_counter()
+    result = run_stage(spec, data.stage3_train, data.stage3_val, out, init=run_dir / "stage2", rehearsal=rehearsal,
+                       seed=seed)
+    seconds = time.perf_counter() - start
+    model, feature_extractor = load_model(out, device="cpu")
+    val = predict(model, feature_extractor, data.stage3_val, ("FE_H",), 64)["FE_H"][0]
+    test = predict(model, feature_extractor, data.test_fe, ("FE_H",), 64)["FE_H"][0]
+    rich = data.true_feh > FEH_RICH_MIN
+    return {
+        "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
+        "seed": seed, "variant": variant, "changes": VARIANTS[variant],
+        "best_step": result.best_step, "last_step": result.last_step,
+        "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
+        "validation_iron_rich": _rmse(val, data.stage3_val.labels["FE_H"]),
+        "validation_attention": _enrichment(out, data.stage3_val, config.attention),
+        "test_iron_rich": _rmse(test[rich], data.true_feh[rich]),
+        "test_iron_poor": _rmse(test[~rich], data.true_feh[~rich]),
+        "test_attention": _enrichment(out, data.test_fe, config.attention),
+    }
+
+
+def run(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for pair in args.runs:
+        folder, _, seed = pair.rpartition(":")
+        if not folder or not seed.isdigit():
+            raise SystemExit(f"--runs takes folder:seed pairs (e.g. runs/quickstart_s6:0), got {pair!r}")
+        for variant in args.variants:
+            path = RESULTS / f"seed{seed}-{variant}.json"
+            if path.exists():
+                print(f"[stage3] {path.name} exists: skipped", flush=True)
+                continue
+            row = measure(Path(folder).resolve(), int(seed), variant)
+            path.write_text(json.dumps(row, indent=1) + "\n")
+            print(f"[stage3] seed {seed} {variant}: validation {row['validation_iron_rich']:.4f} "
+                  f"(enrichment {row['validation_attention']['enrichment']:.2f}), test rich "
+                  f"{row['test_iron_rich']:.4f} / poor {row['test_iron_poor']:.4f}, test enrichment "
+                  f"{row['test_attention']['enrichment']:.2f} (control {row['test_attention']['control']:.2f}), "
+                  f"best step {row['best_step']}/{row['last_step']}, trained in {row['train_seconds']} s", flush=True)
+
+
+def report(args) -> None:
+    rows = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("seed*-*.json"))]
+    if not rows:
+        raise SystemExit(f"no results in {RESULTS}; run `python {Path(__file__).name} run` first")
+    print("| seed | variant | best step | validation iron-rich | validation Fe enrichment | test iron-rich | "
+          "test iron-poor | test Fe enrichment (control) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for row in sorted(rows, key=lambda r: (r["seed"], list(VARIANTS).index(r["variant"]))):
+        print(f"| {row['seed']} | {row['variant']} | {row['best_step']}/{row['last_step']} | "
+              f"{row['validation_iron_rich']:.4f} | {row['validation_attention']['enrichment']:.2f} | "
+              f"{row['test_iron_rich']:.4f} | {row['test_iron_poor']:.4f} | "
+              f"{row['test_attention']['enrichment']:.2f} ({row['test_attention']['control']:.2f}) |")
+    for variant in VARIANTS:
+        chosen = [r for r in rows if r["variant"] == variant]
+        if chosen:
+            mean = {k: np.mean([r[k] for r in chosen]) for k in ("validation_iron_rich", "test_iron_rich",
+                                                                 "test_iron_poor")}
+            print(f"mean over {len(chosen)} seeds, {variant}: validation {mean['validation_iron_rich']:.4f}, "
+                  f"test rich {mean['test_iron_rich']:.4f}, poor {mean['test_iron_poor']:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    go = sub.add_parser("run", help="re-train stage 3 as each variant on each run")
+    go.add_argument("--runs", nargs="+", required=True, help="folder:seed pairs of finished quickstart runs")
+    go.add_argument("--variants", nargs="+", default=["quickstart", "steps2000"], choices=sorted(VARIANTS))
+    go.add_argument("--threads", type=int, default=1)
+    sub.add_parser("report", help="the table of every measured variant")
+    args = parser.parse_args()
+    {"run": run, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
