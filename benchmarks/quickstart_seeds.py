@@ -75,7 +75,7 @@ def run(args) -> None:
             continue
         out, log = runs / f"seed{seed}", runs / f"seed{seed}.log"
         if args.stages_from:
-            _copy_stages(Path(args.stages_from.format(seed=seed)), out)
+            _copy_stages(_stages_source(args.stages_from, seed), out)
         print(f"[seeds] seed {seed} → {out.relative_to(REPO)} (log {log.name})", flush=True)
         start = time.perf_counter()
         with open(log, "a") as handle:
@@ -85,6 +85,14 @@ def run(args) -> None:
         if done.returncode != 0:
             raise SystemExit(f"seed {seed} failed (exit {done.returncode}); see {log}")
         write(record(out, seed, Path(args.config), threads, time.perf_counter() - start), args.tag)
+
+
+def _stages_source(pattern: str, seed: int) -> Path:
+    """``--stages-from``'s folder for ``seed`` (``{seed}`` in the pattern is replaced)."""
+    try:
+        return Path(pattern.format(seed=seed))
+    except (KeyError, IndexError, ValueError) as error:
+        raise SystemExit(f"--stages-from {pattern!r}: only {{seed}} may appear in braces ({error!r})") from None
 
 
 def _copy_stages(source: Path, out: Path) -> None:

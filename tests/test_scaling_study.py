@@ -69,3 +69,34 @@ def test_seed_table_mean_worst_and_goal_count():
     assert "met in 0 of 2 seeds" in text
     # a seed with 0.08 / 0.1 = 0.8 and 0.16 / 0.8 = 0.2 meets it
     assert "met in 1 of 3 seeds" in quickstart_seeds.table(results + [seed_result(12, 0.08, 0.16, 0.68, 1.6, 0.3)])
+
+
+def _finished_stage(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "stage_complete.json").write_text("{}")
+    (folder / "model.safetensors").write_text(text)
+
+
+def test_stages_from_copies_finished_stages_and_never_overwrites(tmp_path):
+    source, out = tmp_path / "source", tmp_path / "out"
+    for stage in ("stage1", "stage2"):
+        _finished_stage(source / stage, f"source {stage}")
+    _finished_stage(out / "stage2", "this run's own stage 2")
+    quickstart_seeds._copy_stages(source, out)
+    assert (out / "stage1" / "model.safetensors").read_text() == "source stage1"
+    assert (out / "stage2" / "model.safetensors").read_text() == "this run's own stage 2"  # kept
+    (out / "stage1" / "model.safetensors").write_text("changed in the copy")
+    assert (source / "stage1" / "model.safetensors").read_text() == "source stage1"  # a copy, not a link
+
+
+def test_stages_from_refuses_an_unfinished_source(tmp_path):
+    (tmp_path / "source" / "stage1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="not a finished stage"):
+        quickstart_seeds._copy_stages(tmp_path / "source", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stages_from_pattern():
+    assert quickstart_seeds._stages_source("runs/q/seed{seed}", 11) == Path("runs/q/seed11")
+    with pytest.raises(SystemExit, match="only {seed}"):
+        quickstart_seeds._stages_source("runs/q/seed{sed}", 11)
