@@ -13,7 +13,9 @@ Each grid point is the quickstart recipe (``training/configs/quickstart.yaml``) 
   at a fixed 12,000 synthetic spectra;
 * the run seed (the simulated data, test set included, stay those of data seed 0 for every point);
 * the precision of stages 1–2: float32, or ``bf16`` autocast (``--precision bf16``; the same budget then
-  buys the steps that bf16's measured step time allows).
+  buys the steps that bf16's measured step time allows);
+* the context (pixels per star and step) of all three stages: 128 (the quickstart) or, with
+  ``--context``, 256 or 512 (the paper's), each with its own calibrated seconds per step.
 
 Every point shares the quickstart's test set and stage-3 protocol, and trains the scratch MLP and ridge
 baselines on the same 100 stars; the scratch transformer, The Cannon and the attention analysis are
@@ -22,6 +24,8 @@ skipped (they do not depend on the knobs). Usage (one thread per run; ``--jobs 2
     python benchmarks/scaling_study.py calibrate                     # s/step per width → results/calibration.json
     python benchmarks/scaling_study.py run --widths 64 128 --budgets 5 10 20 --priors wide --seeds 0 --jobs 2
     python benchmarks/scaling_study.py run --widths 64 --budgets 10 --priors apogee wide5 wide50
+    python benchmarks/scaling_study.py calibrate --widths 64 --precisions no --contexts 512
+    python benchmarks/scaling_study.py run --widths 64 --budgets 20 40 --context 512 --jobs 2
     python benchmarks/scaling_study.py report                        # figure + table in docs/scaling.md
 
 Runs go to ``runs/scaling/<point>`` (never committed); each finished point writes
@@ -65,21 +69,37 @@ LABELS = ("TEFF", "LOGG", "FE_H", "MG_FE", "O_FE")
 GOAL_RICH, GOAL_POOR = 0.9, 0.25
 
 
-def point_name(d: int, minutes: float, prior: str, seed: int, precision: str = "no") -> str:
-    return f"d{d}-{minutes:g}min-{prior}-seed{seed}" + ("" if precision == "no" else f"-{precision}")
+#: The quickstart's context (pixels per star and step); other contexts get a ``-ctx<N>`` suffix.
+DEFAULT_CONTEXT = 128
+CONTEXTS = (128, 256, 512)
 
 
-def stage1_steps(d: int, minutes: float, calibration: dict, precision: str = "no") -> int:
+def point_name(d: int, minutes: float, prior: str, seed: int, precision: str = "no",
+               context: int = DEFAULT_CONTEXT) -> str:
+    return (f"d{d}-{minutes:g}min-{prior}-seed{seed}" + ("" if precision == "no" else f"-{precision}")
+            + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}"))
+
+
+def stage1_steps(d: int, minutes: float, calibration: dict, precision: str = "no",
+                 context: int = DEFAULT_CONTEXT) -> int:
     """Optimiser steps that take ``minutes`` on one idle core at width ``d`` (``calibrate``), rounded to 50."""
-    seconds_per_step = calibration["seconds_per_step"][_key(d, precision)]
+    key = _key(d, precision, context)
+    if key not in calibration["seconds_per_step"]:
+        raise SystemExit(f"no calibrated seconds per step for {key!r} (have {sorted(calibration['seconds_per_step'])});"
+                         f" run `python {Path(__file__).name} calibrate --widths {d} --precisions {precision} "
+                         f"--contexts {context}`")
+    seconds_per_step = calibration["seconds_per_step"][key]
     return max(100, int(round(minutes * 60 / seconds_per_step / 50)) * 50)
 
 
-def _key(d: int, precision: str) -> str:
-    return str(d) if precision == "no" else f"{d}-{precision}"
+def _key(d: int, precision: str, context: int = DEFAULT_CONTEXT) -> str:
+    """Calibration key: ``64``, ``64-bf16``, ``64-ctx512`` (the quickstart's context has no suffix)."""
+    return (str(d) + ("" if precision == "no" else f"-{precision}")
+            + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}"))
 
 
-def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no") -> dict:
+def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no",
+                 context: int = DEFAULT_CONTEXT) -> dict:
     """The quickstart config with this point's knobs (see the module docstring)."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["seed"] = seed
@@ -88,6 +108,10 @@ def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no
     config["data"]["synthetic"]["prior"] = prior
     config["model"].update(copy.deepcopy(WIDTHS[d]))
     stage1, stage2 = config["stage1"], config["stage2"]
+    if context != DEFAULT_CONTEXT:  # the model's positional table must hold the longest context
+        config["model"]["context_length"] = max(config["model"]["context_length"], context)
+        for stage in ("stage1", "stage2", "stage3"):
+            config[stage]["context_length"] = context
     stage1.update(max_steps=steps, eval_every=max(50, steps // 5), checkpoint_every=max(50, steps // 5),
                   warmup_steps=min(100, steps // 10), progress=False)
     stage2_steps = max(100, steps // 5)
@@ -122,36 +146,41 @@ def calibrate(args) -> None:
     synthetic = prepare_datasets(config, work)["synthetic"]
     train = window_data(synthetic["train"], rows=range(2000))
     validation = window_data(synthetic["validation"], rows=range(100))
-    result = {"threads": 1, "steps": args.steps, "seconds_per_step": {}}
-    for d, precision in itertools.product(args.widths, args.precisions):
-        times = []
+    path = RESULTS / "calibration.json"
+    # earlier keys are kept (a context calibrated later joins the widths calibrated before)
+    result = json.loads(path.read_text()) if path.exists() else {"threads": 1, "steps": args.steps}
+    result.setdefault("seconds_per_step", {})
+    for d, precision, context in itertools.product(args.widths, args.precisions, args.contexts):
+        key, times = _key(d, precision, context), []
         for steps in (args.steps, 3 * args.steps):
             spec = copy.deepcopy(config.stage1)
+            spec.context_length = context
             spec.loop.max_steps = spec.loop.eval_every = spec.loop.checkpoint_every = steps
             spec.loop.progress, spec.loop.mixed_precision = False, precision
             start = time.perf_counter()
-            run_stage(spec, train, validation, work / f"{_key(d, precision)}-{steps}",
-                      model_config={**config.model, **WIDTHS[d]})
+            run_stage(spec, train, validation, work / f"{key}-{steps}",
+                      model_config={**config.model, **WIDTHS[d],
+                                    "context_length": max(config.model["context_length"], context)})
             times.append(time.perf_counter() - start)
         if times[1] <= times[0]:
-            raise RuntimeError(f"calibration of d = {d} ({precision}): {3 * args.steps} steps took no longer than "
+            raise RuntimeError(f"calibration of {key}: {3 * args.steps} steps took no longer than "
                                f"{args.steps} ({times}); was a finished stage reused?")
-        result["seconds_per_step"][_key(d, precision)] = (times[1] - times[0]) / (2 * args.steps)
-        print(f"d = {d}, mixed precision {precision}: {result['seconds_per_step'][_key(d, precision)]:.3f} s/step "
-              "(1 thread)", flush=True)
+        result["seconds_per_step"][key] = (times[1] - times[0]) / (2 * args.steps)
+        print(f"{key}: {result['seconds_per_step'][key]:.3f} s/step (1 thread)", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, calibration: dict) -> Path:
+def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, context: int,
+              calibration: dict) -> Path:
     """Run one point's pipeline (its own process, one thread) and write its result JSON."""
-    name = point_name(d, minutes, prior, seed, precision)
+    name = point_name(d, minutes, prior, seed, precision, context)
     result_path = RESULTS / f"{name}.json"
     if result_path.exists():
         print(f"[scaling] {name}: done before ({result_path.relative_to(REPO)})", flush=True)
         return result_path
-    steps = stage1_steps(d, minutes, calibration, precision)
-    config = point_config(d, steps, prior, seed, precision)
+    steps = stage1_steps(d, minutes, calibration, precision, context)
+    config = point_config(d, steps, prior, seed, precision, context)
     config_path = RUNS / "configs" / f"{name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -164,8 +193,8 @@ def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, cal
                                "--out", str(out)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
-    summary = summarise(out, d=d, minutes=minutes, prior=prior, seed=seed, precision=precision, steps=steps,
-                        wall_s=time.perf_counter() - start)
+    summary = summarise(out, d=d, minutes=minutes, prior=prior, seed=seed, precision=precision, context=context,
+                        steps=steps, wall_s=time.perf_counter() - start)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"[scaling] {name}: stage 3 iron-rich {summary['stage3']['iron_rich_rmse']:.3f}, iron-poor "
@@ -215,7 +244,8 @@ def run(args) -> None:
     if not calibration_path.exists():
         raise SystemExit(f"{calibration_path} is missing; run `python {Path(__file__).name} calibrate` first")
     calibration = json.loads(calibration_path.read_text())
-    points = list(itertools.product(args.widths, args.budgets, args.priors, args.seeds, [args.precision]))
+    points = list(itertools.product(args.widths, args.budgets, args.priors, args.seeds, [args.precision],
+                                    [args.context]))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in [pool.submit(run_point, *point, calibration) for point in points]:
             future.result()
@@ -232,10 +262,12 @@ def table(results: list[dict]) -> str:
               "val. iron-rich | stage 2 Teff / logg / [Fe/H] / [Mg/Fe] / [O/Fe] |\n"
               "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     rows = []
-    for r in sorted(results, key=lambda r: (r["prior"], r.get("precision", "no"), r["d"], r["minutes"], r["seed"])):
+    for r in sorted(results, key=lambda r: (r["prior"], r.get("precision", "no"), _context(r), r["d"], r["minutes"],
+                                            r["seed"])):
         s2 = r["stage2_rmse"]
         bf16 = " (bf16)" if r.get("precision", "no") != "no" else ""
-        rows.append(f"| {r['d']}{bf16} | {r['minutes']:g} | {r['steps']} | "
+        context = "" if _context(r) == DEFAULT_CONTEXT else f", context {_context(r)}"
+        rows.append(f"| {r['d']}{bf16}{context} | {r['minutes']:g} | {r['steps']} | "
                     f"{r['prior']} ({r['n_metal_poor_synthetic']:,}) | "
                     f"{r['seed']} | {r['stage3']['iron_rich_rmse']:.3f} | {r['stage3']['iron_poor_rmse']:.3f} | "
                     f"{r['ratios']['iron_rich_vs_best_baseline']:.2f} | {r['ratios']['iron_poor_vs_mlp']:.2f} | "
@@ -255,15 +287,16 @@ def figure(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     default = [r for r in results if r["prior"] == "wide" and r.get("precision", "no") == "no"]
+    curves = sorted({(r["d"], _context(r)) for r in default})
     goals = {"iron_rich_rmse": (GOAL_RICH, "goal: 0.9 × best baseline"),
              "iron_poor_rmse": (GOAL_POOR, "goal: 0.25 × scratch MLP")}
     for ax, key, title in ((axes[0], "iron_rich_rmse", "iron-rich test stars ([Fe/H] ≥ −1)"),
                            (axes[1], "iron_poor_rmse", "iron-poor test stars ([Fe/H] < −1)")):
-        for colour, d in zip(("C0", "C1", "C2"), sorted({r["d"] for r in default})):
-            runs = [r for r in default if r["d"] == d]
+        for colour, (d, context) in zip(("C0", "C1", "C2", "C4", "C5"), curves):
+            runs = [r for r in default if r["d"] == d and _context(r) == context]
             budgets = sorted({r["minutes"] for r in runs})
             ax.plot(budgets, [_mean(r["stage3"][key] for r in runs if r["minutes"] == m) for m in budgets], "-",
-                    color=colour, label=f"SpectraFM stage 3, d = {d} (line: mean over seeds)")
+                    color=colour, label=f"SpectraFM stage 3, d = {d}, context {context} (line: mean over seeds)")
             ax.plot([r["minutes"] for r in runs], [r["stage3"][key] for r in runs], "o", color=colour, ms=5)
         for name, style in (("scratch_mlp", "--"), ("ridge", ":")):
             values = [r["baselines"][name][key] for r in default if name in r["baselines"]]
@@ -291,7 +324,8 @@ def figure(results: list[dict], path: Path) -> None:
         ax.set_ylabel("[Fe/H] RMSE (dex)")
         ax.set_title(title)
         ax.legend(fontsize=7, loc="upper right" if key == "iron_rich_rmse" else "best")
-    by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"]
+    by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"
+                and _context(r) == DEFAULT_CONTEXT]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
     series = (("iron_poor_rmse", "C3", "iron-poor stars"), ("iron_rich_rmse", "C0", "iron-rich stars"))
     for key, colour, label in series:
@@ -324,7 +358,8 @@ def rich_fit(results: list[dict], d: int = 64, prior: str = "wide") -> dict | No
     flattens (as such curves do near a noise floor) would put the goal further away, never closer.
     Returns slope and its 1σ error (dex per doubling), intercept (at 1 minute), goal (dex), the runs.
     """
-    runs = [r for r in results if r["d"] == d and r["prior"] == prior and r.get("precision", "no") == "no"]
+    runs = [r for r in results if r["d"] == d and r["prior"] == prior and r.get("precision", "no") == "no"
+            and _context(r) == DEFAULT_CONTEXT]
     minutes = np.array([r["minutes"] for r in runs], float)
     if len(set(minutes)) < 3:
         return None
@@ -360,6 +395,11 @@ def budget_to_goal(results: list[dict], d: int = 64, prior: str = "wide") -> str
     return text + (f"is met after ≈ {hours[0]:.1f} h of one core (slope ± 1σ: {hours[1]:.1f}–{hours[2]:.1f} h), "
                    f"an extrapolation beyond the {minutes.max():g} minutes measured, whose last step "
                    f"({budgets[-2]:g} → {budgets[-1]:g} min) changed the RMSE by {mean_at[1] - mean_at[0]:+.4f} dex.")
+
+
+def _context(result: dict) -> int:
+    """A point's context (points from before the knob ran at the quickstart's)."""
+    return result.get("context", DEFAULT_CONTEXT)
 
 
 def _mean(values) -> float:
@@ -519,12 +559,15 @@ def main() -> None:
     cal.add_argument("--widths", type=int, nargs="+", default=sorted(WIDTHS), choices=sorted(WIDTHS))
     cal.add_argument("--steps", type=int, default=20)
     cal.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=["no", "bf16"])
+    cal.add_argument("--contexts", type=int, nargs="+", default=[DEFAULT_CONTEXT], choices=CONTEXTS)
     go = sub.add_parser("run", help="run grid points (skips finished ones)")
     go.add_argument("--widths", type=int, nargs="+", default=[64], choices=sorted(WIDTHS))
     go.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20])
     go.add_argument("--priors", nargs="+", default=["wide"])
     go.add_argument("--seeds", type=int, nargs="+", default=[0])
     go.add_argument("--precision", default="no", choices=["no", "bf16"], help="stages 1-2 mixed precision")
+    go.add_argument("--context", type=int, default=DEFAULT_CONTEXT, choices=CONTEXTS,
+                    help="pixels per star and step in all three stages")
     go.add_argument("--jobs", type=int, default=1, help="points run at once (one thread each)")
     sub.add_parser("report", help="figure + table from the results")
     context = sub.add_parser("stage3-context", help="stage-3 test-time context (all / 256 / 128) on finished points")

@@ -15,8 +15,10 @@ Usage (one thread per process; a variant takes ~4–15 min of one core)::
     python benchmarks/stage3_variants.py report      # the table, from docs/results/stage3_variants/*.json
 
 ``--runs`` takes ``folder:seed`` pairs: a finished quickstart run (its ``stage2/`` is the start) and the
-run seed it was made with (it draws the 100 stars). Re-trained stages go to
-``runs/stage3_variants/seed<N>/<variant>/`` (never committed; a finished one is reused).
+run seed it was made with (it draws the 100 stars); ``folder:seed:name`` names the results when a seed has
+more than one run (e.g. the scaling study's longer stage 1: ``runs/scaling/d64-80min-wide-seed0:0:d64-80min``).
+The name defaults to ``seed<N>``. Re-trained stages go to ``runs/stage3_variants/<name>/<variant>/`` (never
+committed; a finished one is reused) and results to ``docs/results/stage3_variants/<name>-<variant>.json``.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def _enrichment(model_dir: Path, stars, options) -> dict:
     return {"enrichment": float(profile["enrichment"]), "control": float(profile["enrichment_control"])}
 
 
-def measure(run_dir: Path, seed: int, variant: str) -> dict:
-    """Re-train stage 3 of ``run_dir`` (seed ``seed``) as ``variant``; its validation and test figures."""
+def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
+    """Re-train stage 3 of ``run_dir`` (seed ``seed``) as ``variant`` into ``runs/stage3_variants/<name>``;
+    its validation and test figures."""
     from spectrafm_hf.checkpoints import load_model
     from spectrafm_hf.data.arrays import cut_window
     from spectrafm_hf.data.grid import FE_WINDOW
@@ -81,7 +84,7 @@ def measure(run_dir: Path, seed: int, variant: str) -> dict:
     data = load_data(config, run_dir)
     spec = _variant_spec(config.stage3.spec, variant)
     rehearsal = cut_window(data.synthetic_train, FE_WINDOW) if spec.rehearsal else None
-    out = RUNS / f"seed{seed}" / variant
+    out = RUNS / name / variant
     start = time.perf_counter()
     result = run_stage(spec, data.stage3_train, data.stage3_val, out, init=run_dir / "stage2", rehearsal=rehearsal,
                        seed=seed)
@@ -92,7 +95,7 @@ def measure(run_dir: Path, seed: int, variant: str) -> dict:
     rich = data.true_feh > FEH_RICH_MIN
     return {
         "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
-        "seed": seed, "variant": variant, "changes": VARIANTS[variant],
+        "name": name, "seed": seed, "variant": variant, "changes": VARIANTS[variant],
         "best_step": result.best_step, "last_step": result.last_step,
         "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
         "validation_iron_rich": _rmse(val, data.stage3_val.labels["FE_H"]),
@@ -109,15 +112,14 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for pair in args.runs:
-        folder, _, seed = pair.rpartition(":")
-        if not folder or not seed.isdigit():
-            raise SystemExit(f"--runs takes folder:seed pairs (e.g. runs/quickstart_s6:0), got {pair!r}")
+        folder, seed, name = _parse_run(pair)
         for variant in args.variants:
-            path = RESULTS / f"seed{seed}-{variant}.json"
+            path = RESULTS / f"{name}-{variant}.json"
             if path.exists():
+                _check_same_run(path, folder)
                 print(f"[stage3] {path.name} exists: skipped", flush=True)
                 continue
-            row = measure(Path(folder).resolve(), int(seed), variant)
+            row = measure(folder, seed, variant, name)
             path.write_text(json.dumps(row, indent=1) + "\n")
             print(f"[stage3] seed {seed} {variant}: validation {row['validation_iron_rich']:.4f} "
                   f"(enrichment {row['validation_attention']['enrichment']:.2f}), test rich "
@@ -126,24 +128,42 @@ def run(args) -> None:
                   f"best step {row['best_step']}/{row['last_step']}, trained in {row['train_seconds']} s", flush=True)
 
 
+def _parse_run(pair: str) -> tuple[Path, int, str]:
+    """``folder:seed`` or ``folder:seed:name`` → (folder, seed, name); name defaults to ``seed<N>``."""
+    parts = pair.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit() or (len(parts) == 3 and not parts[2]):
+        raise SystemExit(f"--runs takes folder:seed or folder:seed:name (e.g. runs/quickstart_s6:0), got {pair!r}")
+    name = parts[2] if len(parts) == 3 else f"seed{parts[1]}"
+    return Path(parts[0]).resolve(), int(parts[1]), name
+
+
+def _check_same_run(path: Path, folder: Path) -> None:
+    """A result exists under this name: it must come from the same run folder (else the name is taken)."""
+    recorded = json.loads(path.read_text())["run"]
+    here = str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
+    if recorded != here:
+        raise SystemExit(f"{path} holds run {recorded!r}, not {here!r}: name this run with folder:seed:name")
+
+
 def report(args) -> None:
-    rows = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("seed*-*.json"))]
+    rows = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*-*.json"))]
     if not rows:
         raise SystemExit(f"no results in {RESULTS}; run `python {Path(__file__).name} run` first")
-    print("| seed | variant | best step | validation iron-rich | validation Fe enrichment | test iron-rich | "
+    print("| run | seed | variant | best step | validation iron-rich | validation Fe enrichment | test iron-rich | "
           "test iron-poor | test Fe enrichment (control) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for row in sorted(rows, key=lambda r: (r["seed"], list(VARIANTS).index(r["variant"]))):
-        print(f"| {row['seed']} | {row['variant']} | {row['best_step']}/{row['last_step']} | "
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for row in sorted(rows, key=lambda r: (r["seed"], r["run"], list(VARIANTS).index(r["variant"]))):
+        print(f"| {row['run']} | {row['seed']} | {row['variant']} | {row['best_step']}/{row['last_step']} | "
               f"{row['validation_iron_rich']:.4f} | {row['validation_attention']['enrichment']:.2f} | "
               f"{row['test_iron_rich']:.4f} | {row['test_iron_poor']:.4f} | "
               f"{row['test_attention']['enrichment']:.2f} ({row['test_attention']['control']:.2f}) |")
     for variant in VARIANTS:
-        chosen = [r for r in rows if r["variant"] == variant]
+        chosen = [r for r in rows if r["variant"] == variant and r.get("name", f"seed{r['seed']}").startswith("seed")]
         if chosen:
             mean = {k: np.mean([r[k] for r in chosen]) for k in ("validation_iron_rich", "test_iron_rich",
                                                                  "test_iron_poor")}
-            print(f"mean over {len(chosen)} seeds, {variant}: validation {mean['validation_iron_rich']:.4f}, "
+            print(f"mean over {len(chosen)} quickstart seeds, {variant}: "
+                  f"validation {mean['validation_iron_rich']:.4f}, "
                   f"test rich {mean['test_iron_rich']:.4f}, poor {mean['test_iron_poor']:.4f}")
 
 
@@ -151,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="re-train stage 3 as each variant on each run")
-    go.add_argument("--runs", nargs="+", required=True, help="folder:seed pairs of finished quickstart runs")
+    go.add_argument("--runs", nargs="+", required=True, help="folder:seed[:name] of finished quickstart runs")
     go.add_argument("--variants", nargs="+", default=["quickstart", "steps2000"], choices=sorted(VARIANTS))
     go.add_argument("--threads", type=int, default=1)
     sub.add_parser("report", help="the table of every measured variant")

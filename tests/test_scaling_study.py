@@ -1,5 +1,6 @@
 """The arithmetic behind issue 15's statements: the log-compute fit of the scaling study and the
-per-seed table of the quickstart (benchmarks/scaling_study.py, benchmarks/quickstart_seeds.py)."""
+per-seed table of the quickstart and the naming of runs (benchmarks/scaling_study.py,
+benchmarks/quickstart_seeds.py, benchmarks/stage3_variants.py)."""
 
 import math
 import sys
@@ -10,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quickstart_seeds  # noqa: E402
 import scaling_study  # noqa: E402
+import stage3_variants  # noqa: E402
 
 
 def point(minutes, rich, poor=0.2, seed=0, best_rich=0.1, mlp_poor=0.8, d=64, prior="wide"):
@@ -100,3 +102,41 @@ def test_stages_from_pattern():
     assert quickstart_seeds._stages_source("runs/q/seed{seed}", 11) == Path("runs/q/seed11")
     with pytest.raises(SystemExit, match="only {seed}"):
         quickstart_seeds._stages_source("runs/q/seed{sed}", 11)
+
+
+def test_context_knob_names_calibrates_and_configures_all_three_stages():
+    assert scaling_study.point_name(64, 20, "wide", 0) == "d64-20min-wide-seed0"  # old points keep their names
+    assert scaling_study.point_name(64, 20, "wide", 0, context=512) == "d64-20min-wide-seed0-ctx512"
+    calibration = {"seconds_per_step": {"64": 0.3, "64-ctx512": 1.2}}
+    assert scaling_study.stage1_steps(64, 20, calibration) == 4000
+    assert scaling_study.stage1_steps(64, 20, calibration, context=512) == 1000  # 1,200 s / 1.2 s per step
+    with pytest.raises(SystemExit, match="'64-ctx256'.*--contexts 256"):
+        scaling_study.stage1_steps(64, 20, calibration, context=256)
+    config = scaling_study.point_config(64, 1000, "wide", 0, context=512)
+    assert [config[s]["context_length"] for s in ("stage1", "stage2", "stage3")] == [512, 512, 512]
+    assert config["model"]["context_length"] == 512
+    default = scaling_study.point_config(64, 1000, "wide", 0)
+    assert [default[s]["context_length"] for s in ("stage1", "stage2", "stage3")] == [128, 128, 128]
+
+
+def test_context_points_stay_out_of_the_context_128_fit():
+    results = [point(m, 0.15 - 0.01 * math.log2(m)) for m in (4, 8, 16, 32)]
+    wide_context = [{**point(m, 0.05), "context": 512} for m in (4, 8, 16)]
+    assert scaling_study.rich_fit(results + wide_context)["slope"] == pytest.approx(-0.01, abs=1e-12)
+    rows = scaling_study.table(results + wide_context).splitlines()
+    assert sum("| 64, context 512 |" in row for row in rows) == 3
+
+
+def test_stage3_variant_runs_are_named_and_a_taken_name_is_refused(tmp_path, monkeypatch):
+    folder, seed, name = stage3_variants._parse_run("runs/quickstart_s6:0")
+    assert (seed, name) == (0, "seed0") and folder.is_absolute()
+    assert stage3_variants._parse_run("runs/scaling/d64-80min-wide-seed0:0:d64-80min")[2] == "d64-80min"
+    for bad in ("runs/q", "runs/q:x", "runs/q:0:", ":0"):
+        with pytest.raises(SystemExit, match="folder:seed"):
+            stage3_variants._parse_run(bad)
+    result = tmp_path / "seed0-context512.json"
+    result.write_text('{"run": "runs/quickstart_s6"}')
+    monkeypatch.setattr(stage3_variants, "REPO", tmp_path)
+    stage3_variants._check_same_run(result, tmp_path / "runs" / "quickstart_s6")  # the same run: fine
+    with pytest.raises(SystemExit, match="holds run 'runs/quickstart_s6', not 'runs/other'"):
+        stage3_variants._check_same_run(result, tmp_path / "runs" / "other")
