@@ -123,8 +123,12 @@ def test_context_points_stay_out_of_the_context_128_fit():
     results = [point(m, 0.15 - 0.01 * math.log2(m)) for m in (4, 8, 16, 32)]
     wide_context = [{**point(m, 0.05), "context": 512} for m in (4, 8, 16)]
     assert scaling_study.rich_fit(results + wide_context)["slope"] == pytest.approx(-0.01, abs=1e-12)
+    wide_context[0]["stage3"] = {**wide_context[0]["stage3"], "fe_enrichment": 1.62, "fe_enrichment_control": 1.2}
     rows = scaling_study.table(results + wide_context).splitlines()
     assert sum("| 64, context 512 |" in row for row in rows) == 3
+    assert sum("| 1.62 (1.20) |" in row for row in rows) == 1 and sum("| — |" in row for row in rows) == 6
+    config = scaling_study.point_config(64, 1000, "wide", 0)
+    assert config["attention"]["enabled"] and config["attention"]["queries"] == ["FE_H"]
 
 
 def test_stage3_variant_runs_are_named_and_a_taken_name_is_refused(tmp_path, monkeypatch):
