@@ -1,7 +1,7 @@
 """Scaling study: stage-3 and stage-2 accuracy vs stage-1 compute, model width and the number of
 metal-poor pre-training spectra (issue 15). Prints figures and writes small JSON results; not a test.
 
-Each grid point is the quickstart recipe (``training/configs/quickstart.yaml``) with four knobs:
+Each grid point is the quickstart recipe (``training/configs/quickstart.yaml``) with five knobs:
 
 * ``d`` (model width): 64 (the quickstart), 96 or 128, heads fixed at 4, MLP widths scaled with d;
 * the stage-1 budget in minutes of ONE idle core of this machine, turned into optimiser steps with the

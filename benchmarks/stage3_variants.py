@@ -93,6 +93,7 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
     val = predict(model, feature_extractor, data.stage3_val, ("FE_H",), 64)["FE_H"][0]
     test = predict(model, feature_extractor, data.test_fe, ("FE_H",), 64)["FE_H"][0]
     rich = data.true_feh > FEH_RICH_MIN
+    test_rich, test_poor = _rmse(test[rich], data.true_feh[rich]), _rmse(test[~rich], data.true_feh[~rich])
     return {
         "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "name": name, "seed": seed, "variant": variant, "changes": VARIANTS[variant],
@@ -100,10 +101,24 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
         "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
         "validation_iron_rich": _rmse(val, data.stage3_val.labels["FE_H"]),
         "validation_attention": _enrichment(out, data.stage3_val, config.attention),
-        "test_iron_rich": _rmse(test[rich], data.true_feh[rich]),
-        "test_iron_poor": _rmse(test[~rich], data.true_feh[~rich]),
+        "test_iron_rich": test_rich,
+        "test_iron_poor": test_poor,
         "test_attention": _enrichment(out, data.test_fe, config.attention),
+        **goal_ratios(run_dir, test_rich, test_poor),
     }
+
+
+def goal_ratios(run_dir: Path, test_rich: float, test_poor: float) -> dict:
+    """Issue 15's two ratios against the run's own baselines (same 100 stars, same test stars): iron-rich
+    RMSE ÷ the better of scratch MLP and ridge, iron-poor RMSE ÷ the scratch MLP, as quickstart_seeds."""
+    models = json.loads((run_dir / "metrics.json").read_text())["models"]
+    bins = {name: models[name]["labels"]["FE_H"]["bins"] for name in ("scratch_mlp", "ridge") if name in models}
+    if "scratch_mlp" not in bins:
+        raise SystemExit(f"{run_dir}/metrics.json has no scratch_mlp baseline to compare with")
+    best_rich = min(b["feh_ge_-1"]["rmse"] for b in bins.values())
+    mlp_poor = bins["scratch_mlp"]["feh_lt_-1"]["rmse"]
+    return {"baselines": {"best_iron_rich": best_rich, "scratch_mlp_iron_poor": mlp_poor},
+            "ratios": {"iron_rich_vs_best_baseline": test_rich / best_rich, "iron_poor_vs_mlp": test_poor / mlp_poor}}
 
 
 def run(args) -> None:
@@ -150,12 +165,12 @@ def report(args) -> None:
     if not rows:
         raise SystemExit(f"no results in {RESULTS}; run `python {Path(__file__).name} run` first")
     print("| run | seed | variant | best step | validation iron-rich | validation Fe enrichment | test iron-rich | "
-          "test iron-poor | test Fe enrichment (control) |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+          "test iron-poor | ÷ best baseline (rich) | ÷ MLP (poor) | test Fe enrichment (control) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in sorted(rows, key=lambda r: (r["seed"], r["run"], list(VARIANTS).index(r["variant"]))):
         print(f"| {row['run']} | {row['seed']} | {row['variant']} | {row['best_step']}/{row['last_step']} | "
               f"{row['validation_iron_rich']:.4f} | {row['validation_attention']['enrichment']:.2f} | "
-              f"{row['test_iron_rich']:.4f} | {row['test_iron_poor']:.4f} | "
+              f"{row['test_iron_rich']:.4f} | {row['test_iron_poor']:.4f} | {_ratios(row)} | "
               f"{row['test_attention']['enrichment']:.2f} ({row['test_attention']['control']:.2f}) |")
     for variant in VARIANTS:
         chosen = [r for r in rows if r["variant"] == variant and r.get("name", f"seed{r['seed']}").startswith("seed")]
@@ -165,6 +180,13 @@ def report(args) -> None:
             print(f"mean over {len(chosen)} quickstart seeds, {variant}: "
                   f"validation {mean['validation_iron_rich']:.4f}, "
                   f"test rich {mean['test_iron_rich']:.4f}, poor {mean['test_iron_poor']:.4f}")
+
+
+def _ratios(row: dict) -> str:
+    """The two goal ratios as two table cells ("—" for results written before they were recorded)."""
+    if "ratios" not in row:
+        return "— | —"
+    return f"{row['ratios']['iron_rich_vs_best_baseline']:.2f} | {row['ratios']['iron_poor_vs_mlp']:.2f}"
 
 
 def main() -> None:
