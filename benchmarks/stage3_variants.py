@@ -16,9 +16,11 @@ Usage (one thread per process; a variant takes ~4–15 min of one core)::
 
 ``--runs`` takes ``folder:seed`` pairs: a finished quickstart run (its ``stage2/`` is the start) and the
 run seed it was made with (it draws the 100 stars); ``folder:seed:name`` names the results when a seed has
-more than one run (e.g. the scaling study's longer stage 1: ``runs/scaling/d64-80min-wide-seed0:0:d64-80min``).
-The name defaults to ``seed<N>``. Re-trained stages go to ``runs/stage3_variants/<name>/<variant>/`` (never
-committed; a finished one is reused) and results to ``docs/results/stage3_variants/<name>-<variant>.json``.
+more than one run (e.g. the scaling study's longer stage 1:
+``runs/scaling/d64-80min-wide-seed0:0:d64-80min-seed0``). The name defaults to ``seed<N>``. Re-trained
+stages go to ``runs/stage3_variants/<name>/<variant>/`` (never committed; a finished one is reused) and
+results to ``docs/results/stage3_variants/<name>-<variant>.json``, with issue 15's two ratios against the
+run's own baselines.
 """
 
 from __future__ import annotations
