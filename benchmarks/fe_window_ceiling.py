@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+# same folder: one RMSE for the whole study
+from scaling_study import rmse
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
 RESULT = REPO / "docs" / "results" / "fe_window_ceiling.json"
 SIZES = (100, 300, 1000)
-
-
-def _rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.sqrt(np.nanmean((prediction - truth) ** 2)))  # NaN: a missing true label
 
 
 def run(seeds: list[int], threads: int) -> dict:
@@ -61,8 +60,8 @@ def run(seeds: list[int], threads: int) -> dict:
             ridge = bl.fit_ridge(train, data.stage3_val)
             mlp = bl.fit_scratch_mlp(train, data.stage3_val, seed=seed, **mlp_options)
             row = {"n_stars": n, "seed": seed,
-                   "ridge": _rmse(ridge.predict(test)[0], truth),
-                   "scratch_mlp": _rmse(mlp.predict(test)[0], truth),
+                   "ridge": rmse(ridge.predict(test)[0], truth),
+                   "scratch_mlp": rmse(mlp.predict(test)[0], truth),
                    "seconds": round(time.perf_counter() - start, 1)}
             print(f"[ceiling] {n:5d} stars seed {seed}: ridge {row['ridge']:.4f}  MLP {row['scratch_mlp']:.4f} dex "
                   f"({row['seconds']} s)", flush=True)

@@ -462,9 +462,9 @@ def stage3_context(args) -> None:
         for context in ("all", 256, 128):
             val = predict(model, feature_extractor, data.stage3_val, ("FE_H",), 64, context=context)["FE_H"][0]
             test = predict(model, feature_extractor, data.test_fe, ("FE_H",), 64, context=context)["FE_H"][0]
-            rows[str(context)] = {"validation_iron_rich": _rmse(val, data.stage3_val.labels["FE_H"]),
-                                  "test_iron_rich": _rmse(test[rich], data.true_feh[rich]),
-                                  "test_iron_poor": _rmse(test[~rich], data.true_feh[~rich])}
+            rows[str(context)] = {"validation_iron_rich": rmse(val, data.stage3_val.labels["FE_H"]),
+                                  "test_iron_rich": rmse(test[rich], data.true_feh[rich]),
+                                  "test_iron_poor": rmse(test[~rich], data.true_feh[~rich])}
         chosen = min(rows, key=lambda context: rows[context]["validation_iron_rich"])
         result[name] = {"contexts": rows, "chosen_on_validation": chosen}
         print(f"{name}: " + ", ".join(f"{c}: val {r['validation_iron_rich']:.4f} / test rich {r['test_iron_rich']:.4f}"
@@ -501,13 +501,13 @@ def stage1_precision(args) -> None:
         rich = truth > FEH_RICH_MIN
         model, feature_extractor = load_model(out / "stage1", device="cpu")
         pred = predict(model, feature_extractor, validation, ("FE_H",), 64)["FE_H"][0]
-        row = {**_by_bin(pred, truth, rich), "n_iron_rich": int(rich.sum()), "n_iron_poor": int((~rich).sum())}
+        row = {**rmse_by_bin(pred, truth, rich), "n_iron_rich": int(rich.sum()), "n_iron_poor": int((~rich).sum())}
         prior = name.split("-")[2]
         if prior not in reference:  # one MLP per synthetic universe (prior)
             train = cut_window(subset(data.synthetic_train, np.arange(args.mlp_stars)), FE_WINDOW)
             rest = cut_window(subset(data.synthetic_val, np.arange(args.stars, len(data.synthetic_val))), FE_WINDOW)
             mlp_pred = fit_scratch_mlp(train, rest, max_steps=3000, eval_every=100, patience=8).predict(validation)[0]
-            reference[prior] = {**_by_bin(mlp_pred, truth, rich), "n_train": args.mlp_stars}
+            reference[prior] = {**rmse_by_bin(mlp_pred, truth, rich), "n_train": args.mlp_stars}
         row["scratch_mlp_same_pixels"] = reference[prior]
         result[name] = row
         print(f"{name}: stage 1 on clean synthetic Fe-window spectra: iron-rich {row['iron_rich']:.4f}, iron-poor "
@@ -551,7 +551,7 @@ def window_probe(args) -> None:
     truth = scored.labels["FE_H"]
     rich = truth > FEH_RICH_MIN
     row = {"context": args.context, "steps": args.steps, "train_seconds": round(seconds, 1),
-           **_by_bin(pred, truth, rich)}
+           **rmse_by_bin(pred, truth, rich)}
     print(f"{name}: [Fe/H] on clean synthetic Fe-window spectra: iron-rich {row['iron_rich']:.4f}, iron-poor "
           f"{row['iron_poor']:.4f} dex ({seconds:.0f} s)", flush=True)
     path = RESULTS / "window_probe.json"
@@ -560,13 +560,14 @@ def window_probe(args) -> None:
     path.write_text(json.dumps(results, indent=1) + "\n")
 
 
-def _rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
+def rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Root-mean-square error (dex for [Fe/H]); shared by the issue-15 benchmarks."""
     return float(np.sqrt(np.nanmean((prediction - truth) ** 2)))  # NaN: a missing true label
 
 
-def _by_bin(prediction: np.ndarray, truth: np.ndarray, rich: np.ndarray) -> dict[str, float]:
+def rmse_by_bin(prediction: np.ndarray, truth: np.ndarray, rich: np.ndarray) -> dict[str, float]:
     """RMSE of the iron-rich (``rich``) and the other stars."""
-    return {"iron_rich": _rmse(prediction[rich], truth[rich]), "iron_poor": _rmse(prediction[~rich], truth[~rich])}
+    return {"iron_rich": rmse(prediction[rich], truth[rich]), "iron_poor": rmse(prediction[~rich], truth[~rich])}
 
 
 def main() -> None:

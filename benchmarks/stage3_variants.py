@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+# same folder: one RMSE for the whole study
+from scaling_study import rmse, rmse_by_bin
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
 RESULTS = REPO / "docs" / "results" / "stage3_variants"
@@ -54,10 +57,6 @@ def _variant_spec(base_spec, variant: str):
     change = VARIANTS[variant]
     loop = dataclasses.replace(base_spec.loop, **change.get("loop", {}))
     return dataclasses.replace(base_spec, loop=loop, **change.get("spec", {}))
-
-
-def _rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.sqrt(np.nanmean((prediction - truth) ** 2)))  # NaN: a missing true label
 
 
 def _enrichment(model_dir: Path, stars, options) -> dict:
@@ -95,13 +94,14 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
     val = predict(model, feature_extractor, data.stage3_val, ("FE_H",), 64)["FE_H"][0]
     test = predict(model, feature_extractor, data.test_fe, ("FE_H",), 64)["FE_H"][0]
     rich = data.true_feh > FEH_RICH_MIN
-    test_rich, test_poor = _rmse(test[rich], data.true_feh[rich]), _rmse(test[~rich], data.true_feh[~rich])
+    bins = rmse_by_bin(test, data.true_feh, rich)
+    test_rich, test_poor = bins["iron_rich"], bins["iron_poor"]
     return {
         "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "name": name, "seed": seed, "variant": variant, "changes": VARIANTS[variant],
         "best_step": result.best_step, "last_step": result.last_step,
         "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
-        "validation_iron_rich": _rmse(val, data.stage3_val.labels["FE_H"]),
+        "validation_iron_rich": rmse(val, data.stage3_val.labels["FE_H"]),
         "validation_attention": _enrichment(out, data.stage3_val, config.attention),
         "test_iron_rich": test_rich,
         "test_iron_poor": test_poor,
