@@ -34,12 +34,14 @@ from pathlib import Path
 import numpy as np
 
 # same folder: one RMSE for the whole study
-from scaling_study import rmse, rmse_by_bin
+import scaling_study
+from scaling_study import GOAL_POOR, GOAL_RICH, rmse, rmse_by_bin
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
 RESULTS = REPO / "docs" / "results" / "stage3_variants"
 RUNS = REPO / "runs" / "stage3_variants"
+BUDGET_FIGURE = REPO / "docs" / "figures" / "stage3_budget.png"
 N_ATTENTION = 200  # stars of the attention analyses, as the quickstart's attention.n_stars
 
 #: Variant name → changes to the quickstart's stage-3 loop ("loop") and stage spec ("spec").
@@ -191,6 +193,89 @@ def _ratios(row: dict) -> str:
     return f"{row['ratios']['iron_rich_vs_best_baseline']:.2f} | {row['ratios']['iron_poor_vs_mlp']:.2f}"
 
 
+#: The quickstart's stage 1 (2,500 steps at context 128, d = 64) in the study's budget unit.
+QUICKSTART_STAGE1_STEPS = 2500
+
+
+def budget_rows() -> list[dict]:
+    """One row per run that a context-512 stage 3 was measured on, with its stage-1 budget (minutes of one
+    idle core) and seed, and both goal ratios with stage 3 at context 128 and at 512: the scaling study's
+    runs (this script's context512 variant) and the quickstart over seeds (its ``stage3_context512`` tag)."""
+    calibration = json.loads((scaling_study.RESULTS / "calibration.json").read_text())
+    quickstart_minutes = QUICKSTART_STAGE1_STEPS * calibration["seconds_per_step"]["64"] / 60
+    seeds = REPO / "docs" / "results" / "quickstart_seeds"
+    rows = []
+    for path in sorted((seeds / "stage3_context512").glob("seed*.json")):
+        wide, narrow_path = json.loads(path.read_text()), seeds / "quickstart" / path.name
+        if narrow_path.exists():
+            attention = wide["acceptance"]
+            rows.append({"minutes": quickstart_minutes, "steps": QUICKSTART_STAGE1_STEPS, "seed": wide["seed"],
+                         "context128": json.loads(narrow_path.read_text())["ratios"], "context512": wide["ratios"],
+                         "enrichment512": attention["FE_H attention enrichment on Fe lines"]["value"],
+                         "control512": attention["FE_H attention enrichment on Fe lines"]["value"]
+                         - attention["FE_H enrichment above its shuffled control"]["value"]})
+    for path in sorted(RESULTS.glob("*-context512.json")):
+        wide = json.loads(path.read_text())
+        point = scaling_study.RESULTS / f"{Path(wide['run']).name}.json"
+        if not wide["run"].startswith("runs/scaling/") or not point.exists():
+            continue  # a quickstart run: no budget of its own in the study
+        narrow = json.loads(point.read_text())
+        rows.append({"minutes": narrow["minutes"], "steps": narrow["steps"], "seed": narrow["seed"],
+                     "context128": narrow["ratios"], "context512": wide["ratios"],
+                     "enrichment512": wide["test_attention"]["enrichment"],
+                     "control512": wide["test_attention"]["control"]})
+    return sorted(rows, key=lambda r: (r["minutes"], r["seed"]))
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def budget(args) -> None:
+    """Table and figure: issue 15's two ratios against the stage-1 budget, stage 3 at context 128 and 512."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = budget_rows()
+    if not rows:
+        raise SystemExit("no context512 results on scaling-study runs; run e.g. `python stage3_variants.py run "
+                         "--runs runs/scaling/d64-40min-wide-seed0:0:d64-40min-seed0 --variants context512`")
+    print("| stage-1 budget (min, 1 core) | steps | seed | context 128: ÷ best baseline (rich) | ÷ MLP (poor) | "
+          "context 512: ÷ best baseline (rich) | ÷ MLP (poor) | Fe enrichment (control) | goal met |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for r in rows:
+        narrow, wide = r["context128"], r["context512"]
+        met = wide["iron_rich_vs_best_baseline"] <= GOAL_RICH and wide["iron_poor_vs_mlp"] <= GOAL_POOR
+        print(f"| {r['minutes']:.0f} | {r['steps']} | {r['seed']} | {narrow['iron_rich_vs_best_baseline']:.2f} | "
+              f"{narrow['iron_poor_vs_mlp']:.2f} | {wide['iron_rich_vs_best_baseline']:.2f} | "
+              f"{wide['iron_poor_vs_mlp']:.2f} | {r['enrichment512']:.2f} ({r['control512']:.2f}) | "
+              f"{'yes' if met else 'no'} |")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig.suptitle("Stage 3 vs stage-1 compute (d = 64, stages 1-2 at context 128)", fontsize=11)
+    for ax, key, goal, title in ((axes[0], "iron_rich_vs_best_baseline", GOAL_RICH, "iron-rich: ÷ best baseline"),
+                                 (axes[1], "iron_poor_vs_mlp", GOAL_POOR, "iron-poor: ÷ scratch MLP")):
+        for context, colour in (("context128", "C0"), ("context512", "C3")):
+            minutes = sorted({r["minutes"] for r in rows})
+            ax.plot(minutes, [np.mean([r[context][key] for r in rows if r["minutes"] == m]) for m in minutes], "-",
+                    color=colour, label=f"stage 3 at {context.replace('context', 'context ')} (line: seed mean)")
+            ax.plot([r["minutes"] for r in rows], [r[context][key] for r in rows], "o", color=colour, ms=5)
+        ax.axhline(goal, color="k", ls="-.", lw=1, label=f"goal: ≤ {goal:g}")
+        ax.set_xscale("log", base=2)
+        budgets = sorted({r["minutes"] for r in rows})
+        ax.set_xticks(budgets, [f"{m:.0f}\n({_seeds(sum(r['minutes'] == m for r in rows))})" for m in budgets])
+        ax.set_xlabel("stage-1 budget (minutes of one idle core; 14 = the quickstart)")
+        ax.set_ylabel("stage-3 [Fe/H] RMSE ratio")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    BUDGET_FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(BUDGET_FIGURE, dpi=120)
+    plt.close(fig)
+    print(f"figure: {BUDGET_FIGURE.relative_to(REPO)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,8 +284,9 @@ def main() -> None:
     go.add_argument("--variants", nargs="+", default=["quickstart", "steps2000"], choices=sorted(VARIANTS))
     go.add_argument("--threads", type=int, default=1)
     sub.add_parser("report", help="the table of every measured variant")
+    sub.add_parser("budget", help="goal ratios vs stage-1 budget, stage 3 at context 128 and 512 (table, figure)")
     args = parser.parse_args()
-    {"run": run, "report": report}[args.command](args)
+    {"run": run, "report": report, "budget": budget}[args.command](args)
 
 
 if __name__ == "__main__":

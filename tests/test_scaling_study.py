@@ -163,3 +163,28 @@ def test_stage3_variant_goal_ratios_use_the_better_baseline_rich_and_the_mlp_poo
     assert result["ratios"]["iron_poor_vs_mlp"] == pytest.approx(0.25)  # the MLP, not the better ridge
     with pytest.raises(SystemExit, match="no scratch_mlp"):
         stage3_variants.goal_ratios(_metrics_with_baselines(tmp_path / "other", ridge=(0.1, 0.7)), 0.09, 0.2)
+
+
+def test_budget_rows_pair_each_context512_stage3_with_its_context128_run(tmp_path, monkeypatch):
+    scaling_results, variants = tmp_path / "scaling", tmp_path / "variants"
+    seeds = tmp_path / "docs" / "results" / "quickstart_seeds"
+    for folder in (scaling_results, variants, seeds / "quickstart", seeds / "stage3_context512"):
+        folder.mkdir(parents=True)
+    (scaling_results / "calibration.json").write_text(json.dumps({"seconds_per_step": {"64": 0.36}}))
+    (scaling_results / "d64-40min-wide-seed11.json").write_text(json.dumps(point(40, 0.12, seed=11)))
+    wide = {"run": "runs/scaling/d64-40min-wide-seed11", "ratios": {"iron_rich_vs_best_baseline": 0.8,
+                                                                    "iron_poor_vs_mlp": 0.3},
+            "test_attention": {"enrichment": 2.0, "control": 1.2}}
+    (variants / "d64-40min-seed11-context512.json").write_text(json.dumps(wide))
+    (variants / "seed0-context512.json").write_text(json.dumps({**wide, "run": "runs/quickstart_s6"}))  # not a budget
+    quick = seed_result(2, 0.1, 0.2, 0.7, 1.9, 0.6)
+    (seeds / "quickstart" / "seed2.json").write_text(json.dumps(quick))
+    (seeds / "stage3_context512" / "seed2.json").write_text(json.dumps(quick))
+    monkeypatch.setattr(scaling_study, "RESULTS", scaling_results)
+    monkeypatch.setattr(stage3_variants, "RESULTS", variants)
+    monkeypatch.setattr(stage3_variants, "REPO", tmp_path)
+    rows = stage3_variants.budget_rows()
+    assert [(r["minutes"], r["seed"]) for r in rows] == [(pytest.approx(15.0), 2), (40, 11)]  # 2500 × 0.36 s
+    assert rows[1]["context128"]["iron_rich_vs_best_baseline"] == pytest.approx(1.2)  # the study's own stage 3
+    assert rows[1]["context512"]["iron_poor_vs_mlp"] == 0.3
+    assert rows[0]["enrichment512"] == 1.9 and rows[0]["control512"] == pytest.approx(1.3)  # 1.9 − 0.6
