@@ -560,6 +560,39 @@ def window_probe(args) -> None:
     path.write_text(json.dumps(results, indent=1) + "\n")
 
 
+#: [Fe/H] bins of the domain-gap table: iron-rich, the iron-poor edge and the most iron-poor test stars.
+GAP_BINS = {"feh_ge_-1": (-1.0, np.inf), "feh_-1.5_-1": (-1.5, -1.0), "feh_lt_-1.5": (-np.inf, -1.5)}
+
+
+def domain_gap(args) -> None:
+    """How each stage's [Fe/H] reads the OBSERVED test stars of finished runs, from their saved
+    predictions (no training): stage 1 zero-shot (trained on clean synthetic spectra only), stage 2
+    zero-shot and stage 3; RMSE and bias per [Fe/H] bin. Against ``stage1-precision`` (the same stage 1 on
+    clean synthetic spectra) it separates the model's precision from the synthetic-to-observed gap."""
+    result = {}
+    for folder in args.runs:
+        if not (Path(folder) / "predictions.npz").exists():
+            raise SystemExit(f"{folder} has no predictions.npz: give finished pipeline run folders")
+        predictions = np.load(Path(folder) / "predictions.npz")
+        row = {model: gap_bins(predictions[f"{model}__pred"], predictions[f"{model}__true"])
+               for model in ("stage1_zero_shot", "stage2_zero_shot", "stage3")}
+        result[Path(folder).name] = row
+        print(Path(folder).name + ": " + "; ".join(
+            f"{model} " + ", ".join(f"{b} {v['rmse']:.3f} ({v['bias']:+.3f})" for b, v in bins.items())
+            for model, bins in row.items()), flush=True)
+    (RESULTS / "domain_gap.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def gap_bins(prediction: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float]]:
+    """RMSE and bias (prediction − truth, dex) in each of :data:`GAP_BINS`."""
+    out = {}
+    for name, (low, high) in GAP_BINS.items():
+        inside = (truth >= low) & (truth < high)
+        out[name] = {"rmse": rmse(prediction[inside], truth[inside]),
+                     "bias": float(np.nanmean(prediction[inside] - truth[inside]))}
+    return out
+
+
 def rmse(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Root-mean-square error (dex for [Fe/H]); shared by the issue-15 benchmarks."""
     return float(np.sqrt(np.nanmean((prediction - truth) ** 2)))  # NaN: a missing true label
@@ -598,8 +631,12 @@ def main() -> None:
     probe.add_argument("--context", type=int, default=128)
     probe.add_argument("--steps", type=int, default=1750)
     probe.add_argument("--stars", type=int, default=600, help="synthetic validation stars scored")
+    gap = sub.add_parser("domain-gap", help="each stage's [Fe/H] on observed test stars of finished runs (saved "
+                         "predictions): the synthetic-to-observed gap")
+    gap.add_argument("--runs", nargs="+", required=True,
+                     help="finished run folders, e.g. runs/scaling/d64-40min-wide-seed0")
     args = parser.parse_args()
-    {"calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context,
+    {"domain-gap": domain_gap, "calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context,
      "stage1-precision": stage1_precision, "window-probe": window_probe}[args.command](args)
 
 

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -188,3 +189,12 @@ def test_budget_rows_pair_each_context512_stage3_with_its_context128_run(tmp_pat
     assert rows[1]["context128"]["iron_rich_vs_best_baseline"] == pytest.approx(1.2)  # the study's own stage 3
     assert rows[1]["context512"]["iron_poor_vs_mlp"] == 0.3
     assert rows[0]["enrichment512"] == 1.9 and rows[0]["control512"] == pytest.approx(1.3)  # 1.9 − 0.6
+
+
+def test_gap_bins_split_rmse_and_bias_by_iron_bin():
+    truth = np.array([0.0, 0.2, -1.2, -1.4, -2.0])
+    prediction = truth + np.array([0.1, -0.1, 0.2, 0.2, 0.5])
+    bins = scaling_study.gap_bins(prediction, truth)
+    assert bins["feh_ge_-1"] == {"rmse": pytest.approx(0.1), "bias": pytest.approx(0.0)}
+    assert bins["feh_-1.5_-1"] == {"rmse": pytest.approx(0.2), "bias": pytest.approx(0.2)}
+    assert bins["feh_lt_-1.5"] == {"rmse": pytest.approx(0.5), "bias": pytest.approx(0.5)}
