@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 # same folder: the numbers and goal the scaling study uses
-from scaling_study import GOAL_POOR, GOAL_RICH, LABELS, REPO, summarise
+from scaling_study import GOAL_POOR, GOAL_RICH, LABELS, REPO, summarise, write_between
 
 from spectrafm_hf.pipeline import load_config
 
@@ -169,11 +169,7 @@ def report(args) -> None:
                          f"run `python {Path(__file__).name} run --seeds ...` first")
     text = table(results)
     print(text)
-    doc = DOC.read_text()
-    TABLE_BEGIN, TABLE_END = f"<!-- {args.tag} seeds begin -->", f"<!-- {args.tag} seeds end -->"
-    if TABLE_BEGIN in doc and TABLE_END in doc:
-        before, rest = doc.split(TABLE_BEGIN, 1)
-        DOC.write_text(before + TABLE_BEGIN + "\n" + text + TABLE_END + rest.split(TABLE_END, 1)[1])
+    if write_between(f"<!-- {args.tag} seeds begin -->", f"<!-- {args.tag} seeds end -->", text):
         print(f"table written into {DOC.relative_to(REPO)}")
 
 

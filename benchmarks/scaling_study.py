@@ -431,12 +431,19 @@ def report(args) -> None:
     figure(results, FIGURE)
     text = table(results) + "\n\n" + budget_to_goal(results)
     print(text)
-    if DOC.exists():
-        doc = DOC.read_text()
-        if TABLE_BEGIN in doc and TABLE_END in doc:
-            head, rest = doc.split(TABLE_BEGIN, 1)
-            DOC.write_text(head + TABLE_BEGIN + "\n" + text + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1])
-            print(f"table written into {DOC.relative_to(REPO)}; figure {FIGURE.relative_to(REPO)}")
+    if write_between(TABLE_BEGIN, TABLE_END, text + "\n"):
+        print(f"table written into {DOC.relative_to(REPO)}; figure {FIGURE.relative_to(REPO)}")
+
+
+def write_between(begin: str, end: str, text: str) -> bool:
+    """Replace what lies between the ``begin`` and ``end`` markers of docs/scaling.md with ``text``
+    (the rest of the page is kept as it is); False, and nothing written, where either marker is missing."""
+    doc = DOC.read_text() if DOC.exists() else ""
+    if begin not in doc or end not in doc:
+        return False
+    before, rest = doc.split(begin, 1)
+    DOC.write_text(before + begin + "\n" + text + end + rest.split(end, 1)[1])
+    return True
 
 
 def stage3_context(args) -> None:

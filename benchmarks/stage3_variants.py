@@ -242,16 +242,21 @@ def budget(args) -> None:
     if not rows:
         raise SystemExit("no context512 results on scaling-study runs; run e.g. `python stage3_variants.py run "
                          "--runs runs/scaling/d64-40min-wide-seed0:0:d64-40min-seed0 --variants context512`")
-    print("| stage-1 budget (min, 1 core) | steps | seed | context 128: ÷ best baseline (rich) | ÷ MLP (poor) | "
-          "context 512: ÷ best baseline (rich) | ÷ MLP (poor) | Fe enrichment (control) | goal met |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    lines = ["| stage-1 budget (min, 1 core) | steps | seed | context 128: ÷ best baseline (rich) | ÷ MLP (poor) | "
+             "context 512: ÷ best baseline (rich) | ÷ MLP (poor) | Fe enrichment (control) | goal met |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in rows:
         narrow, wide = r["context128"], r["context512"]
         met = wide["iron_rich_vs_best_baseline"] <= GOAL_RICH and wide["iron_poor_vs_mlp"] <= GOAL_POOR
-        print(f"| {r['minutes']:.0f} | {r['steps']} | {r['seed']} | {narrow['iron_rich_vs_best_baseline']:.2f} | "
-              f"{narrow['iron_poor_vs_mlp']:.2f} | {wide['iron_rich_vs_best_baseline']:.2f} | "
-              f"{wide['iron_poor_vs_mlp']:.2f} | {r['enrichment512']:.2f} ({r['control512']:.2f}) | "
-              f"{'yes' if met else 'no'} |")
+        cells = [f"{r['minutes']:.0f}", str(r["steps"]), str(r["seed"])]
+        cells += [f"{ratios[key]:.2f}" for ratios in (narrow, wide)
+                  for key in ("iron_rich_vs_best_baseline", "iron_poor_vs_mlp")]
+        cells += [f"{r['enrichment512']:.2f} ({r['control512']:.2f})", "yes" if met else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if scaling_study.write_between("<!-- stage3 budget begin -->", "<!-- stage3 budget end -->", text):
+        print(f"table written into {scaling_study.DOC.relative_to(REPO)}")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     fig.suptitle("Stage 3 vs stage-1 compute (d = 64, stages 1-2 at context 128)", fontsize=11)
     for ax, key, goal, title in ((axes[0], "iron_rich_vs_best_baseline", GOAL_RICH, "iron-rich: ÷ best baseline"),

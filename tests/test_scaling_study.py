@@ -198,3 +198,13 @@ def test_gap_bins_split_rmse_and_bias_by_iron_bin():
     assert bins["feh_ge_-1"] == {"rmse": pytest.approx(0.1), "bias": pytest.approx(0.0)}
     assert bins["feh_-1.5_-1"] == {"rmse": pytest.approx(0.2), "bias": pytest.approx(0.2)}
     assert bins["feh_lt_-1.5"] == {"rmse": pytest.approx(0.5), "bias": pytest.approx(0.5)}
+
+
+def test_write_between_replaces_only_the_marked_table(tmp_path, monkeypatch):
+    doc = tmp_path / "scaling.md"
+    doc.write_text("intro\n<!-- t begin -->\nold\n<!-- t end -->\noutro\n")
+    monkeypatch.setattr(scaling_study, "DOC", doc)
+    assert scaling_study.write_between("<!-- t begin -->", "<!-- t end -->", "new\n")
+    assert doc.read_text() == "intro\n<!-- t begin -->\nnew\n<!-- t end -->\noutro\n"
+    assert not scaling_study.write_between("<!-- u begin -->", "<!-- u end -->", "x\n")  # no markers: untouched
+    assert doc.read_text() == "intro\n<!-- t begin -->\nnew\n<!-- t end -->\noutro\n"
