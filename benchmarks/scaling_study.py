@@ -302,7 +302,7 @@ def figure(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 6.2))
     default = [r for r in results if r["prior"] == "wide" and r.get("precision", "no") == "no"]
     curves = sorted({(r["d"], _context(r)) for r in default})
     goals = {"iron_rich_rmse": (GOAL_RICH, "goal: 0.9 × best baseline"),
@@ -340,7 +340,7 @@ def figure(results: list[dict], path: Path) -> None:
         ax.set_xlabel("stage-1 budget (minutes of one idle core)")
         ax.set_ylabel("[Fe/H] RMSE (dex)")
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="upper right" if key == "iron_rich_rmse" else "best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: the curves fill the panel
     by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"
                 and _context(r) == DEFAULT_CONTEXT]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
@@ -583,8 +583,8 @@ def domain_gap(args) -> None:
         predictions = np.load(Path(folder) / "predictions.npz")
         row = {model: gap_bins(predictions[f"{model}__pred"], predictions[f"{model}__true"])
                for model in ("stage1_zero_shot", "stage2_zero_shot", "stage3")}
-        result[Path(folder).name] = row
-        print(Path(folder).name + ": " + "; ".join(
+        result[folder] = row  # as given: quickstart_seeds' folders are all named seed<N>
+        print(folder + ": " + "; ".join(
             f"{model} " + ", ".join(f"{b} {v['rmse']:.3f} ({v['bias']:+.3f})" for b, v in bins.items())
             for model, bins in row.items()), flush=True)
     (RESULTS / "domain_gap.json").write_text(json.dumps(result, indent=1) + "\n")
