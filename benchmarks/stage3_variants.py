@@ -262,7 +262,7 @@ def budget(args) -> None:
     print(text, end="")
     if scaling_study.write_between("<!-- stage3 budget begin -->", "<!-- stage3 budget end -->", text):
         print(f"table written into {scaling_study.DOC.relative_to(REPO)}")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
     fig.suptitle("Stage 3 vs stage-1 compute (d = 64, stages 1-2 at context 128)", fontsize=11)
     for ax, key, goal, title in ((axes[0], "iron_rich_vs_best_baseline", GOAL_RICH, "iron-rich: ÷ best baseline"),
                                  (axes[1], "iron_poor_vs_mlp", GOAL_POOR, "iron-poor: ÷ scratch MLP")):
@@ -278,7 +278,7 @@ def budget(args) -> None:
         ax.set_xlabel("stage-1 budget (minutes of one idle core; 14 = the quickstart)")
         ax.set_ylabel("stage-3 [Fe/H] RMSE ratio")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: points fill the panel
     fig.tight_layout()
     BUDGET_FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(BUDGET_FIGURE, dpi=120)
