@@ -78,8 +78,12 @@ CONTEXTS = (128, 256, 512)
 
 def point_name(d: int, minutes: float, prior: str, seed: int, precision: str = "no",
                context: int = DEFAULT_CONTEXT) -> str:
-    return (f"d{d}-{minutes:g}min-{prior}-seed{seed}" + ("" if precision == "no" else f"-{precision}")
-            + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}"))
+    return f"d{d}-{minutes:g}min-{prior}-seed{seed}" + _suffix(precision, context)
+
+
+def _suffix(precision: str, context: int) -> str:
+    """``-bf16`` / ``-ctx512`` for what differs from the quickstart (float32, context 128)."""
+    return ("" if precision == "no" else f"-{precision}") + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}")
 
 
 def stage1_steps(d: int, minutes: float, calibration: dict, precision: str = "no",
@@ -96,8 +100,7 @@ def stage1_steps(d: int, minutes: float, calibration: dict, precision: str = "no
 
 def _key(d: int, precision: str, context: int = DEFAULT_CONTEXT) -> str:
     """Calibration key: ``64``, ``64-bf16``, ``64-ctx512`` (the quickstart's context has no suffix)."""
-    return (str(d) + ("" if precision == "no" else f"-{precision}")
-            + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}"))
+    return str(d) + _suffix(precision, context)
 
 
 def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no",
@@ -213,16 +216,11 @@ def summarise(out: Path, **point) -> dict:
     timings = json.loads((out / "timings.json").read_text())
     models = metrics["models"]
 
-    def feh_bins(model):
-        bins = models[model]["labels"]["FE_H"]["bins"]
-        return {"iron_rich_rmse": bins["feh_ge_-1"]["rmse"], "iron_poor_rmse": bins["feh_lt_-1"]["rmse"],
-                "iron_poor_bias": bins["feh_lt_-1"]["bias"]}
-
-    stage3 = feh_bins("stage3")
+    stage3 = feh_bins(models, "stage3")
     stage3["validation_iron_rich_rmse"] = metrics["training"]["stage3"]["best_metric"]
     stage3["coverage_68"] = models["stage3"]["labels"]["FE_H"]["calibration"].get("after", {}).get("all", {}) \
         .get("coverage_68")
-    baselines = {name: feh_bins(name) for name in ("scratch_mlp", "ridge") if name in models}
+    baselines = baseline_bins(models)
     stage2 = {label: models["stage2"]["labels"][label]["bins"]["all"]["rmse"] for label in LABELS}
     n_metal_poor = _metal_poor_count(point["prior"])
     profile = metrics.get("attention", {}).get("profiles", {}).get("FE_H")
@@ -231,9 +229,27 @@ def summarise(out: Path, **point) -> dict:
         stage3["fe_enrichment_control"] = profile["enrichment_control"]
     return {**point, "n_metal_poor_synthetic": n_metal_poor, "stage3": stage3, "baselines": baselines,
             "stage2_rmse": stage2, "stage1_wall_s": _timing(timings, "stage 1"), "timings_s": timings,
-            "ratios": {"iron_rich_vs_best_baseline": stage3["iron_rich_rmse"]
-                       / min(b["iron_rich_rmse"] for b in baselines.values()),
-                       "iron_poor_vs_mlp": stage3["iron_poor_rmse"] / baselines["scratch_mlp"]["iron_poor_rmse"]}}
+            "ratios": goal_ratios(stage3["iron_rich_rmse"], stage3["iron_poor_rmse"], baselines)}
+
+
+def feh_bins(models: dict, model: str) -> dict[str, float]:
+    """A model's test [Fe/H] RMSE in the two bins of the goal (and its iron-poor bias), from metrics.json."""
+    bins = models[model]["labels"]["FE_H"]["bins"]
+    return {"iron_rich_rmse": bins["feh_ge_-1"]["rmse"], "iron_poor_rmse": bins["feh_lt_-1"]["rmse"],
+            "iron_poor_bias": bins["feh_lt_-1"]["bias"]}
+
+
+def baseline_bins(models: dict) -> dict[str, dict[str, float]]:
+    """:func:`feh_bins` of the baselines the goal compares with (scratch MLP, ridge) that the run has."""
+    return {name: feh_bins(models, name) for name in ("scratch_mlp", "ridge") if name in models}
+
+
+def goal_ratios(iron_rich: float, iron_poor: float, baselines: dict) -> dict[str, float]:
+    """Issue 15's two ratios: iron-rich RMSE ÷ the better baseline's, iron-poor RMSE ÷ the scratch MLP's."""
+    if "scratch_mlp" not in baselines:
+        raise SystemExit("no scratch_mlp baseline to compare with (the goal's iron-poor ratio needs it)")
+    return {"iron_rich_vs_best_baseline": iron_rich / min(b["iron_rich_rmse"] for b in baselines.values()),
+            "iron_poor_vs_mlp": iron_poor / baselines["scratch_mlp"]["iron_poor_rmse"]}
 
 
 def _timing(timings: dict, prefix: str) -> float | None:
@@ -576,7 +592,8 @@ def domain_gap(args) -> None:
     predictions (no training): stage 1 zero-shot (trained on clean synthetic spectra only), stage 2
     zero-shot and stage 3; RMSE and bias per [Fe/H] bin. Against ``stage1-precision`` (the same stage 1 on
     clean synthetic spectra) it separates the model's precision from the synthetic-to-observed gap."""
-    result = {}
+    path = RESULTS / "domain_gap.json"
+    result = json.loads(path.read_text()) if path.exists() else {}  # other runs' entries are kept
     for folder in args.runs:
         if not (Path(folder) / "predictions.npz").exists():
             raise SystemExit(f"{folder} has no predictions.npz: give finished pipeline run folders")
@@ -587,7 +604,7 @@ def domain_gap(args) -> None:
         print(folder + ": " + "; ".join(
             f"{model} " + ", ".join(f"{b} {v['rmse']:.3f} ({v['bias']:+.3f})" for b, v in bins.items())
             for model, bins in row.items()), flush=True)
-    (RESULTS / "domain_gap.json").write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def gap_bins(prediction: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float]]:

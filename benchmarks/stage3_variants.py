@@ -35,7 +35,7 @@ import numpy as np
 
 # same folder: one RMSE for the whole study
 import scaling_study
-from scaling_study import GOAL_POOR, GOAL_RICH, gap_bins, rmse, rmse_by_bin
+from scaling_study import GOAL_POOR, GOAL_RICH, baseline_bins, gap_bins, goal_ratios, rmse, rmse_by_bin
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "quickstart.yaml"
@@ -98,8 +98,9 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
     rich = data.true_feh > FEH_RICH_MIN
     bins = rmse_by_bin(test, data.true_feh, rich)
     test_rich, test_poor = bins["iron_rich"], bins["iron_poor"]
+    baselines = baseline_bins(json.loads((run_dir / "metrics.json").read_text())["models"])
     return {
-        "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
+        "run": _run_label(run_dir),
         "name": name, "seed": seed, "variant": variant, "changes": VARIANTS[variant],
         "best_step": result.best_step, "last_step": result.last_step,
         "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
@@ -109,21 +110,16 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
         "test_iron_poor": test_poor,
         "test_attention": _enrichment(out, data.test_fe, config.attention),
         "test_bins": gap_bins(test, data.true_feh),  # RMSE and bias: iron-rich, −1.5…−1, below −1.5
-        **goal_ratios(run_dir, test_rich, test_poor),
+        # against the run's own baselines (same 100 stars, same test stars), as the scaling study and seeds
+        "baselines": {"best_iron_rich": min(b["iron_rich_rmse"] for b in baselines.values()),
+                      "scratch_mlp_iron_poor": baselines["scratch_mlp"]["iron_poor_rmse"]},
+        "ratios": goal_ratios(test_rich, test_poor, baselines),
     }
 
 
-def goal_ratios(run_dir: Path, test_rich: float, test_poor: float) -> dict:
-    """Issue 15's two ratios against the run's own baselines (same 100 stars, same test stars): iron-rich
-    RMSE ÷ the better of scratch MLP and ridge, iron-poor RMSE ÷ the scratch MLP, as quickstart_seeds."""
-    models = json.loads((run_dir / "metrics.json").read_text())["models"]
-    bins = {name: models[name]["labels"]["FE_H"]["bins"] for name in ("scratch_mlp", "ridge") if name in models}
-    if "scratch_mlp" not in bins:
-        raise SystemExit(f"{run_dir}/metrics.json has no scratch_mlp baseline to compare with")
-    best_rich = min(b["feh_ge_-1"]["rmse"] for b in bins.values())
-    mlp_poor = bins["scratch_mlp"]["feh_lt_-1"]["rmse"]
-    return {"baselines": {"best_iron_rich": best_rich, "scratch_mlp_iron_poor": mlp_poor},
-            "ratios": {"iron_rich_vs_best_baseline": test_rich / best_rich, "iron_poor_vs_mlp": test_poor / mlp_poor}}
+def _run_label(folder: Path) -> str:
+    """A run folder as results record it: relative to the repository where it lies inside it."""
+    return str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
 
 
 def run(args) -> None:
@@ -135,12 +131,10 @@ def run(args) -> None:
         folder, seed, name = _parse_run(pair)
         for variant in args.variants:
             path = RESULTS / f"{name}-{variant}.json"
-            if path.exists():
-                _check_same_run(path, folder)
-                if not args.rescore:
-                    print(f"[stage3] {path.name} exists: skipped", flush=True)
-                    continue
-            earlier = json.loads(path.read_text()) if path.exists() else {}
+            earlier = _earlier_result(path, folder)
+            if earlier and not args.rescore:
+                print(f"[stage3] {path.name} exists: skipped", flush=True)
+                continue
             row = measure(folder, seed, variant, name)
             if row["train_seconds"] is None:  # re-scored: the training time is the earlier call's
                 row["train_seconds"] = earlier.get("train_seconds")
@@ -161,12 +155,16 @@ def _parse_run(pair: str) -> tuple[Path, int, str]:
     return Path(parts[0]).resolve(), int(parts[1]), name
 
 
-def _check_same_run(path: Path, folder: Path) -> None:
-    """A result exists under this name: it must come from the same run folder (else the name is taken)."""
-    recorded = json.loads(path.read_text())["run"]
-    here = str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
-    if recorded != here:
-        raise SystemExit(f"{path} holds run {recorded!r}, not {here!r}: name this run with folder:seed:name")
+def _earlier_result(path: Path, folder: Path) -> dict:
+    """The result already under this name ({} if none); it must come from the same run folder (else the
+    name is taken by another run, and measuring would overwrite its result)."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier["run"] != _run_label(folder):
+        raise SystemExit(f"{path} holds run {earlier['run']!r}, not {_run_label(folder)!r}: "
+                         "name this run with folder:seed:name")
+    return earlier
 
 
 def report(args) -> None:
@@ -182,7 +180,7 @@ def report(args) -> None:
               f"{row['test_iron_rich']:.4f} | {row['test_iron_poor']:.4f} | {_ratios(row)} | "
               f"{row['test_attention']['enrichment']:.2f} ({row['test_attention']['control']:.2f}) |")
     for variant in VARIANTS:
-        chosen = [r for r in rows if r["variant"] == variant and r.get("name", f"seed{r['seed']}").startswith("seed")]
+        chosen = [r for r in rows if r["variant"] == variant and r["name"].startswith("seed")]
         if chosen:
             mean = {k: np.mean([r[k] for r in chosen]) for k in ("validation_iron_rich", "test_iron_rich",
                                                                  "test_iron_poor")}

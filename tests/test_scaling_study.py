@@ -143,27 +143,28 @@ def test_stage3_variant_runs_are_named_and_a_taken_name_is_refused(tmp_path, mon
     result = tmp_path / "seed0-context512.json"
     result.write_text('{"run": "runs/quickstart_s6"}')
     monkeypatch.setattr(stage3_variants, "REPO", tmp_path)
-    stage3_variants._check_same_run(result, tmp_path / "runs" / "quickstart_s6")  # the same run: fine
+    assert stage3_variants._earlier_result(result, tmp_path / "runs" / "quickstart_s6") == {"run": "runs/quickstart_s6"}
     with pytest.raises(SystemExit, match="holds run 'runs/quickstart_s6', not 'runs/other'"):
-        stage3_variants._check_same_run(result, tmp_path / "runs" / "other")
+        stage3_variants._earlier_result(result, tmp_path / "runs" / "other")
+    assert stage3_variants._earlier_result(tmp_path / "none.json", tmp_path / "runs" / "other") == {}
 
 
-def _metrics_with_baselines(folder: Path, **rmse) -> Path:
-    """A run folder whose metrics.json holds [Fe/H] bins for the named baselines: name=(rich, poor)."""
-    models = {name: {"labels": {"FE_H": {"bins": {"feh_ge_-1": {"rmse": rich}, "feh_lt_-1": {"rmse": poor}}}}}
-              for name, (rich, poor) in rmse.items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps({"models": models}))
-    return folder
+def _models_with_baselines(**rmse) -> dict:
+    """metrics.json's ``models`` with [Fe/H] bins for the named baselines: name=(rich, poor)."""
+    return {name: {"labels": {"FE_H": {"bins": {"feh_ge_-1": {"rmse": rich},
+                                                "feh_lt_-1": {"rmse": poor, "bias": poor / 2}}}}}
+            for name, (rich, poor) in rmse.items()}
 
 
-def test_stage3_variant_goal_ratios_use_the_better_baseline_rich_and_the_mlp_poor(tmp_path):
-    run = _metrics_with_baselines(tmp_path / "run", scratch_mlp=(0.11, 0.80), ridge=(0.10, 0.70))
-    result = stage3_variants.goal_ratios(run, 0.09, 0.20)
-    assert result["ratios"]["iron_rich_vs_best_baseline"] == pytest.approx(0.9)  # ridge is better rich
-    assert result["ratios"]["iron_poor_vs_mlp"] == pytest.approx(0.25)  # the MLP, not the better ridge
+def test_goal_ratios_use_the_better_baseline_rich_and_the_mlp_poor():
+    models = _models_with_baselines(scratch_mlp=(0.11, 0.80), ridge=(0.10, 0.70), stage3=(0.09, 0.2))
+    baselines = scaling_study.baseline_bins(models)
+    assert set(baselines) == {"scratch_mlp", "ridge"}  # stage 3 is not a baseline
+    ratios = scaling_study.goal_ratios(0.09, 0.20, baselines)
+    assert ratios["iron_rich_vs_best_baseline"] == pytest.approx(0.9)  # ridge is better rich
+    assert ratios["iron_poor_vs_mlp"] == pytest.approx(0.25)  # the MLP, not the better ridge
     with pytest.raises(SystemExit, match="no scratch_mlp"):
-        stage3_variants.goal_ratios(_metrics_with_baselines(tmp_path / "other", ridge=(0.1, 0.7)), 0.09, 0.2)
+        scaling_study.goal_ratios(0.09, 0.2, scaling_study.baseline_bins(_models_with_baselines(ridge=(0.1, 0.7))))
 
 
 def test_budget_rows_pair_each_context512_stage3_with_its_context128_run(tmp_path, monkeypatch):
