@@ -39,7 +39,8 @@ import torch
 
 from ..checkpoints import load_model, save_checkpoint
 from ..data import grid
-from ..data.arrays import WindowData
+from ..data.arrays import WindowData, subset
+from ..data.augmentation import ObservedLikeAugmentation
 from ..data.collator import SpectraFMCollator
 from ..data.labels import LABELS
 from .loop import LoopConfig, LoopResult, train
@@ -81,6 +82,10 @@ class StageSpec:
             zero-shot evaluation ask of it; the runs are random, not the Fe window, so nothing about
             the evaluation window leaks into pre-training.
         narrow_window_pixels: width of those runs, in pixels.
+        augment: settings of :class:`~spectrafm_hf.data.augmentation.ObservedLikeAugmentation` (a
+            mapping; ``true`` = its defaults; None = off): training stars get fresh observed-like
+            imperfections at every step, and validation stars one fixed draw of them (so the best
+            step is chosen on spectra like those the stage will read, not on clean ones).
     """
 
     name: str
@@ -96,8 +101,11 @@ class StageSpec:
     eval_batch_size: int = 64
     narrow_window_fraction: float = 0.0
     narrow_window_pixels: int = 512
+    augment: dict | None = None
 
     def __post_init__(self):
+        augmentation = ObservedLikeAugmentation.from_dict(self.augment)
+        self.augment = None if augmentation is None else augmentation.to_dict()  # one spelling in provenance
         if self.window not in WINDOWS:
             raise ValueError(f"unknown window {self.window!r}; choose one of {sorted(WINDOWS)}")
         if isinstance(self.request, str) and self.request not in ("random", "all"):
@@ -127,6 +135,10 @@ class StageSpec:
     @property
     def pixels(self) -> slice:
         return WINDOWS[self.window]
+
+    @property
+    def augmentation(self) -> ObservedLikeAugmentation | None:
+        return ObservedLikeAugmentation.from_dict(self.augment)
 
 
 @dataclass
@@ -159,6 +171,10 @@ def stage_collator(spec: StageSpec, feature_extractor, wavelength: np.ndarray, s
     )
 
 
+#: appended to a batch seed to draw the augmentation, apart from the collator's draws
+_AUGMENT_STREAM = 13
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The batch seed of process ``rank`` at step ``step`` (contexts, random labels, narrow windows)."""
     return int(seed) * 1_000_003 + step * 1009 + rank
@@ -171,11 +187,14 @@ def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: in
     split between them, so the union over processes is the same whatever the process count, and
     any step can be regenerated on resume. The :func:`stage_collator` tokenizes them (with
     ``spec.rehearsal`` stars of ``rehearsal`` appended), seeded by :func:`step_seed` (seed, step, rank).
+    With ``spec.augment``, the drawn stars (not the rehearsal ones) get observed-like imperfections
+    drawn from the same batch seed, so a resumed run replays them too.
     """
     n = len(data)
     if n == 0:
         raise ValueError(f"{spec.name}: the training set is empty")
     collator = stage_collator(spec, feature_extractor, data.wavelength)
+    augmentation = spec.augmentation
 
     def make_batch(step: int, rank: int, world: int):
         rng = np.random.default_rng([seed, step])
@@ -186,9 +205,26 @@ def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: in
             k = spec.rehearsal * world
             extra_index = rng.choice(len(rehearsal), size=k, replace=k > len(rehearsal))
             extra = (rehearsal, extra_index[rank * spec.rehearsal:(rank + 1) * spec.rehearsal])
-        return collator.select(data, index, seed=step_seed(seed, step, rank), rehearsal=extra)
+        batch_seed = step_seed(seed, step, rank)
+        if augmentation is not None:  # perturb copies of this step's stars only; ``data`` stays clean
+            stars = subset(data, index)
+            stars.flux = augmentation.apply(stars.flux, stars.mask, data.wavelength,
+                                            np.random.default_rng([batch_seed, _AUGMENT_STREAM]))
+            return collator.select(stars, np.arange(len(index)), seed=batch_seed, rehearsal=extra)
+        return collator.select(data, index, seed=batch_seed, rehearsal=extra)
 
     return make_batch
+
+
+def augmented_validation(validation: WindowData, spec: StageSpec, seed: int) -> WindowData:
+    """``validation`` with one fixed draw of the stage's augmentation (itself when the stage has none)."""
+    augmentation = spec.augmentation
+    if augmentation is None or len(validation) == 0:
+        return validation
+    stars = subset(validation, np.arange(len(validation)))
+    stars.flux = augmentation.apply(stars.flux, stars.mask, validation.wavelength,
+                                    np.random.default_rng([int(seed), _AUGMENT_STREAM, 1]))
+    return stars
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +324,9 @@ def predict(model, feature_extractor, data: WindowData, labels: Sequence[str] = 
 
 
 def _evaluator(spec: StageSpec, validation: WindowData, feature_extractor, seed: int):
-    """``model → {"val_loss": ..., "val_rmse_<L>": ...}`` on fixed validation batches / stars."""
+    """``model → {"val_loss": ..., "val_rmse_<L>": ...}`` on fixed validation batches / stars (perturbed
+    once by the stage's augmentation, if it has one)."""
+    validation = augmented_validation(validation, spec, seed)
     if spec.select_on.startswith("val_rmse_"):
         label = spec.select_on[len("val_rmse_"):]
         truth = validation.labels[label]
