@@ -15,7 +15,12 @@ Each grid point is the quickstart recipe (``training/configs/quickstart.yaml``) 
 * the precision of stages 1–2: float32, or ``bf16`` autocast (``--precision bf16``; the same budget then
   buys the steps that bf16's measured step time allows);
 * the context (pixels per star and step) of all three stages: 128 (the quickstart) or, with
-  ``--context``, 256 or 512 (the paper's), each with its own calibrated seconds per step.
+  ``--context``, 256 or 512 (the paper's), each with its own calibrated seconds per step;
+* ``--augment``: stage 1 reads its synthetic spectra with fresh observed-like imperfections at every
+  step (noise, continuum residual, line-strength errors, line-spread jitter:
+  :class:`spectrafm_hf.data.augmentation.ObservedLikeAugmentation` with its defaults) and picks its
+  best step on validation spectra perturbed the same way; point names end in ``-aug`` and the
+  perturbation's cost per step has its own calibration (``calibrate --augment``).
 
 Every point shares the quickstart's test set and stage-3 protocol, and trains the scratch MLP and ridge
 baselines on the same 100 stars; the scratch transformer, The Cannon and the first-half attention
@@ -28,6 +33,8 @@ Usage (one thread per run; ``--jobs 2`` runs two at once)::
     python benchmarks/scaling_study.py run --widths 64 --budgets 10 --priors apogee wide5 wide50
     python benchmarks/scaling_study.py calibrate --widths 64 --precisions no --contexts 512
     python benchmarks/scaling_study.py run --widths 64 --budgets 20 40 --context 512 --jobs 2
+    python benchmarks/scaling_study.py calibrate --widths 64 --precisions no --augment
+    python benchmarks/scaling_study.py run --widths 64 --budgets 20 40 --augment --jobs 2
     python benchmarks/scaling_study.py report                        # figure + table in docs/scaling.md
 
 Runs go to ``runs/scaling/<point>`` (never committed); each finished point writes
@@ -77,34 +84,35 @@ CONTEXTS = (128, 256, 512)
 
 
 def point_name(d: int, minutes: float, prior: str, seed: int, precision: str = "no",
-               context: int = DEFAULT_CONTEXT) -> str:
-    return f"d{d}-{minutes:g}min-{prior}-seed{seed}" + _suffix(precision, context)
+               context: int = DEFAULT_CONTEXT, augment: bool = False) -> str:
+    return f"d{d}-{minutes:g}min-{prior}-seed{seed}" + _suffix(precision, context, augment)
 
 
-def _suffix(precision: str, context: int) -> str:
-    """``-bf16`` / ``-ctx512`` for what differs from the quickstart (float32, context 128)."""
-    return ("" if precision == "no" else f"-{precision}") + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}")
+def _suffix(precision: str, context: int, augment: bool = False) -> str:
+    """``-bf16`` / ``-ctx512`` / ``-aug`` for what differs from the quickstart (float32, context 128, clean)."""
+    return ("" if precision == "no" else f"-{precision}") + ("" if context == DEFAULT_CONTEXT else f"-ctx{context}") \
+        + ("-aug" if augment else "")
 
 
 def stage1_steps(d: int, minutes: float, calibration: dict, precision: str = "no",
-                 context: int = DEFAULT_CONTEXT) -> int:
+                 context: int = DEFAULT_CONTEXT, augment: bool = False) -> int:
     """Optimiser steps that take ``minutes`` on one idle core at width ``d`` (``calibrate``), rounded to 50."""
-    key = _key(d, precision, context)
+    key = _key(d, precision, context, augment)
     if key not in calibration["seconds_per_step"]:
         raise SystemExit(f"no calibrated seconds per step for {key!r} (have {sorted(calibration['seconds_per_step'])});"
                          f" run `python {Path(__file__).name} calibrate --widths {d} --precisions {precision} "
-                         f"--contexts {context}`")
+                         f"--contexts {context}{' --augment' if augment else ''}`")
     seconds_per_step = calibration["seconds_per_step"][key]
     return max(100, int(round(minutes * 60 / seconds_per_step / 50)) * 50)
 
 
-def _key(d: int, precision: str, context: int = DEFAULT_CONTEXT) -> str:
-    """Calibration key: ``64``, ``64-bf16``, ``64-ctx512`` (the quickstart's context has no suffix)."""
-    return str(d) + _suffix(precision, context)
+def _key(d: int, precision: str, context: int = DEFAULT_CONTEXT, augment: bool = False) -> str:
+    """Calibration key: ``64``, ``64-bf16``, ``64-ctx512``, ``64-aug`` (the quickstart's settings have no suffix)."""
+    return str(d) + _suffix(precision, context, augment)
 
 
 def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no",
-                 context: int = DEFAULT_CONTEXT) -> dict:
+                 context: int = DEFAULT_CONTEXT, augment: bool = False) -> dict:
     """The quickstart config with this point's knobs (see the module docstring)."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["seed"] = seed
@@ -124,6 +132,8 @@ def point_config(d: int, steps: int, prior: str, seed: int, precision: str = "no
                   checkpoint_every=max(20, stage2_steps // 5), progress=False)
     if precision != "no":
         stage1["mixed_precision"] = stage2["mixed_precision"] = precision
+    if augment:
+        stage1["augment"] = True  # ObservedLikeAugmentation's defaults
     config["stage3"]["progress"] = False
     config["baselines"] = {"scratch_transformer": None, "cannon": None, "ridge": {},
                            "mlp": config["baselines"]["mlp"]}
@@ -141,6 +151,7 @@ def calibrate(args) -> None:
 
     sys.path.insert(0, str(REPO))
     from spectrafm_hf.data.arrays import window_data
+    from spectrafm_hf.data.augmentation import ObservedLikeAugmentation
     from spectrafm_hf.pipeline.config import load_config
     from spectrafm_hf.pipeline.data import prepare_datasets
     from spectrafm_hf.training.stages import run_stage
@@ -159,10 +170,11 @@ def calibrate(args) -> None:
     result = json.loads(path.read_text()) if path.exists() else {"threads": 1, "steps": args.steps}
     result.setdefault("seconds_per_step", {})
     for d, precision, context in itertools.product(args.widths, args.precisions, args.contexts):
-        key, times = _key(d, precision, context), []
+        key, times = _key(d, precision, context, args.augment), []
         for steps in (args.steps, 3 * args.steps):
             spec = copy.deepcopy(config.stage1)
             spec.context_length = context
+            spec.augment = ObservedLikeAugmentation().to_dict() if args.augment else None
             spec.loop.max_steps = spec.loop.eval_every = spec.loop.checkpoint_every = steps
             spec.loop.progress, spec.loop.mixed_precision = False, precision
             start = time.perf_counter()
@@ -179,16 +191,16 @@ def calibrate(args) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, context: int,
+def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, context: int, augment: bool,
               calibration: dict) -> Path:
     """Run one point's pipeline (its own process, one thread) and write its result JSON."""
-    name = point_name(d, minutes, prior, seed, precision, context)
+    name = point_name(d, minutes, prior, seed, precision, context, augment)
     result_path = RESULTS / f"{name}.json"
     if result_path.exists():
         print(f"[scaling] {name}: done before ({result_path.relative_to(REPO)})", flush=True)
         return result_path
-    steps = stage1_steps(d, minutes, calibration, precision, context)
-    config = point_config(d, steps, prior, seed, precision, context)
+    steps = stage1_steps(d, minutes, calibration, precision, context, augment)
+    config = point_config(d, steps, prior, seed, precision, context, augment)
     config_path = RUNS / "configs" / f"{name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -202,6 +214,7 @@ def run_point(d: int, minutes: float, prior: str, seed: int, precision: str, con
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {done.returncode}); see {log}")
     summary = summarise(out, d=d, minutes=minutes, prior=prior, seed=seed, precision=precision, context=context,
+                        augment=augment,
                         steps=steps, wall_s=time.perf_counter() - start)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(summary, indent=1) + "\n")
@@ -270,7 +283,7 @@ def run(args) -> None:
         raise SystemExit(f"{calibration_path} is missing; run `python {Path(__file__).name} calibrate` first")
     calibration = json.loads(calibration_path.read_text())
     points = list(itertools.product(args.widths, args.budgets, args.priors, args.seeds, [args.precision],
-                                    [args.context]))
+                                    [args.context], [args.augment]))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in [pool.submit(run_point, *point, calibration) for point in points]:
             future.result()
@@ -539,6 +552,62 @@ def stage1_precision(args) -> None:
     (RESULTS / "stage1_precision.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+#: One term of the observed-like augmentation at a time (the others off), for ``perturbation-probe``.
+PROBE_TERMS = {
+    "clean": {},
+    "noise (SNR 50-1000)": {"snr": [50, 1000]},
+    "continuum residual (0.3-1 %)": {"continuum_rms": [0.003, 0.01]},
+    "line-depth errors (10 %)": {"line_depth_scatter": 0.1},
+    "line spread (R 20-25k)": {"resolving_power": [20000, 25000]},
+    "all four": None,
+}
+
+
+def perturbation_probe(args) -> None:
+    """Which observed-like imperfection a stage 1 is fragile to: its zero-shot [Fe/H] RMSE and bias on
+    synthetic Fe-window VALIDATION spectra, clean and with each term of the augmentation alone (one fixed
+    draw per star). A model that overfits the clean simulator loses most on the term it relies on."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.checkpoints import load_model
+    from spectrafm_hf.data.arrays import cut_window, subset
+    from spectrafm_hf.data.augmentation import ObservedLikeAugmentation
+    from spectrafm_hf.data.grid import FE_WINDOW
+    from spectrafm_hf.pipeline import load_config
+    from spectrafm_hf.pipeline.data import FEH_RICH_MIN, load_data
+    from spectrafm_hf.training.stages import predict
+
+    torch.set_num_threads(1)
+    off = {"snr": None, "continuum_rms": None, "line_depth_scatter": 0.0, "resolving_power": None}
+    path = RESULTS / "perturbation_probe.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    validation = None
+    for name in args.points:
+        if validation is None:  # every point's synthetic validation stars are those of data seed 0
+            data = load_data(load_config(RUNS / "configs" / f"{name}.yaml"), RUNS / name)
+            clean = subset(data.synthetic_val, np.arange(min(len(data.synthetic_val), args.stars)))
+            validation = {}
+            for term, settings in PROBE_TERMS.items():
+                stars = subset(clean, np.arange(len(clean)))
+                if term != "clean":
+                    augmentation = ObservedLikeAugmentation(**({**off, **settings} if settings is not None else {}))
+                    stars.flux = augmentation.apply(stars.flux, stars.mask, stars.wavelength,
+                                                    np.random.default_rng([0, 17]))
+                validation[term] = cut_window(stars, FE_WINDOW)  # perturbed on the whole grid, then cut
+        model, feature_extractor = load_model(RUNS / name / "stage1", device="cpu")
+        row = {}
+        for term, stars in validation.items():
+            truth = stars.labels["FE_H"]
+            rich = truth > FEH_RICH_MIN
+            pred = predict(model, feature_extractor, stars, ("FE_H",), 64)["FE_H"][0]
+            row[term] = {**rmse_by_bin(pred, truth, rich), "bias_iron_rich": float(np.mean(pred[rich] - truth[rich]))}
+        result[name] = row
+        print(f"{name}: " + "; ".join(f"{t} {v['iron_rich']:.3f} ({v['bias_iron_rich']:+.3f}) / {v['iron_poor']:.3f}"
+                                      for t, v in row.items()), flush=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def window_probe(args) -> None:
     """The quickstart's d = 64 transformer trained from scratch on the synthetic Fe window ONLY (512
     pixels, ``--context`` pixels per star and step, ``--steps`` steps), scored like ``stage1-precision``:
@@ -597,14 +666,48 @@ def domain_gap(args) -> None:
     for folder in args.runs:
         if not (Path(folder) / "predictions.npz").exists():
             raise SystemExit(f"{folder} has no predictions.npz: give finished pipeline run folders")
+    validation = _observed_validation() if args.validation else None
+    for folder in args.runs:
         predictions = np.load(Path(folder) / "predictions.npz")
         row = {model: gap_bins(predictions[f"{model}__pred"], predictions[f"{model}__true"])
                for model in ("stage1_zero_shot", "stage2_zero_shot", "stage3")}
+        if validation is not None:
+            row["stage1_zero_shot_validation"] = _stage1_on(Path(folder), validation)
         result[folder] = row  # as given: quickstart_seeds' folders are all named seed<N>
         print(folder + ": " + "; ".join(
             f"{model} " + ", ".join(f"{b} {v['rmse']:.3f} ({v['bias']:+.3f})" for b, v in bins.items())
             for model, bins in row.items()), flush=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _observed_validation():
+    """The observed validation stars of every point (data seed 0), Fe window: the stars a choice may look at."""
+    sys.path.insert(0, str(REPO))
+    from spectrafm_hf.data.arrays import cut_window
+    from spectrafm_hf.data.grid import FE_WINDOW
+    from spectrafm_hf.pipeline import load_config
+    from spectrafm_hf.pipeline.data import load_data
+
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "config.yaml").write_text(yaml.safe_dump(point_config(64, 100, "wide", 0)))
+        data = load_data(load_config(Path(work) / "config.yaml"), Path(work))
+    return cut_window(data.observed_val, FE_WINDOW)
+
+
+def _stage1_on(folder: Path, validation) -> dict[str, dict[str, float]]:
+    """Stage 1's zero-shot [Fe/H] RMSE / bias on observed VALIDATION stars (:func:`gap_bins`, with counts)."""
+    import torch
+
+    from spectrafm_hf.checkpoints import load_model
+    from spectrafm_hf.training.stages import predict
+
+    torch.set_num_threads(1)
+    model, feature_extractor = load_model(folder / "stage1", device="cpu")
+    truth = validation.labels["FE_H"]
+    bins = gap_bins(predict(model, feature_extractor, validation, ("FE_H",), 64)["FE_H"][0], truth)
+    for name, (low, high) in GAP_BINS.items():
+        bins[name]["n"] = int(((truth >= low) & (truth < high)).sum())
+    return bins
 
 
 def gap_bins(prediction: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, float]]:
@@ -635,6 +738,7 @@ def main() -> None:
     cal.add_argument("--steps", type=int, default=20)
     cal.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=["no", "bf16"])
     cal.add_argument("--contexts", type=int, nargs="+", default=[DEFAULT_CONTEXT], choices=CONTEXTS)
+    cal.add_argument("--augment", action="store_true", help="with stage 1's observed-like augmentation")
     go = sub.add_parser("run", help="run grid points (skips finished ones)")
     go.add_argument("--widths", type=int, nargs="+", default=[64], choices=sorted(WIDTHS))
     go.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20])
@@ -643,6 +747,8 @@ def main() -> None:
     go.add_argument("--precision", default="no", choices=["no", "bf16"], help="stages 1-2 mixed precision")
     go.add_argument("--context", type=int, default=DEFAULT_CONTEXT, choices=CONTEXTS,
                     help="pixels per star and step in all three stages")
+    go.add_argument("--augment", action="store_true",
+                    help="stage 1 on synthetic spectra with fresh observed-like imperfections (names end in -aug)")
     go.add_argument("--jobs", type=int, default=1, help="points run at once (one thread each)")
     sub.add_parser("report", help="figure + table from the results")
     context = sub.add_parser("stage3-context", help="stage-3 test-time context (all / 256 / 128) on finished points")
@@ -659,8 +765,15 @@ def main() -> None:
                          "predictions): the synthetic-to-observed gap")
     gap.add_argument("--runs", nargs="+", required=True,
                      help="finished run folders, e.g. runs/scaling/d64-40min-wide-seed0")
+    gap.add_argument("--validation", action="store_true",
+                     help="also stage 1 zero-shot on the observed VALIDATION stars (what choices may look at)")
+    probe_terms = sub.add_parser("perturbation-probe", help="stage 1 on synthetic validation spectra with each "
+                                 "observed-like imperfection alone: which one it is fragile to")
+    probe_terms.add_argument("--points", nargs="+", required=True, help="point names, e.g. d64-80min-wide-seed0")
+    probe_terms.add_argument("--stars", type=int, default=600, help="synthetic validation stars scored")
     args = parser.parse_args()
-    {"domain-gap": domain_gap, "calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context,
+    {"perturbation-probe": perturbation_probe,
+     "domain-gap": domain_gap, "calibrate": calibrate, "run": run, "report": report, "stage3-context": stage3_context,
      "stage1-precision": stage1_precision, "window-probe": window_probe}[args.command](args)
 
 

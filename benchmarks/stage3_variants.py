@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -213,6 +214,7 @@ def budget_rows() -> list[dict]:
         if narrow_path.exists():
             attention = wide["acceptance"]
             rows.append({"minutes": quickstart_minutes, "steps": QUICKSTART_STAGE1_STEPS, "seed": wide["seed"],
+                         "augment": False,
                          "context128": json.loads(narrow_path.read_text())["ratios"], "context512": wide["ratios"],
                          "enrichment512": attention["FE_H attention enrichment on Fe lines"]["value"],
                          "control512": attention["FE_H attention enrichment on Fe lines"]["value"]
@@ -224,10 +226,11 @@ def budget_rows() -> list[dict]:
             continue  # a quickstart run: no budget of its own in the study
         narrow = json.loads(point.read_text())
         rows.append({"minutes": narrow["minutes"], "steps": narrow["steps"], "seed": narrow["seed"],
+                     "augment": narrow.get("augment", False),  # points from before the knob: clean
                      "context128": narrow["ratios"], "context512": wide["ratios"],
                      "enrichment512": wide["test_attention"]["enrichment"],
                      "control512": wide["test_attention"]["control"]})
-    return sorted(rows, key=lambda r: (r["minutes"], r["seed"]))
+    return sorted(rows, key=lambda r: (r["augment"], r["minutes"], r["seed"]))
 
 
 def _seeds(n: int) -> str:
@@ -245,13 +248,14 @@ def budget(args) -> None:
     if not rows:
         raise SystemExit("no context512 results on scaling-study runs; run e.g. `python stage3_variants.py run "
                          "--runs runs/scaling/d64-40min-wide-seed0:0:d64-40min-seed0 --variants context512`")
-    lines = ["| stage-1 budget (min, 1 core) | steps | seed | context 128: ÷ best baseline (rich) | ÷ MLP (poor) | "
+    lines = ["| stage-1 spectra | stage-1 budget (min, 1 core) | steps | seed | "
+             "context 128: ÷ best baseline (rich) | ÷ MLP (poor) | "
              "context 512: ÷ best baseline (rich) | ÷ MLP (poor) | Fe enrichment (control) | goal met |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in rows:
         narrow, wide = r["context128"], r["context512"]
         met = wide["iron_rich_vs_best_baseline"] <= GOAL_RICH and wide["iron_poor_vs_mlp"] <= GOAL_POOR
-        cells = [f"{r['minutes']:.0f}", str(r["steps"]), str(r["seed"])]
+        cells = ["augmented" if r["augment"] else "clean", f"{r['minutes']:.0f}", str(r["steps"]), str(r["seed"])]
         cells += [f"{ratios[key]:.2f}" for ratios in (narrow, wide)
                   for key in ("iron_rich_vs_best_baseline", "iron_poor_vs_mlp")]
         cells += [f"{r['enrichment512']:.2f} ({r['control512']:.2f})", "yes" if met else "no"]
@@ -264,15 +268,22 @@ def budget(args) -> None:
     fig.suptitle("Stage 3 vs stage-1 compute (d = 64, stages 1-2 at context 128)", fontsize=11)
     for ax, key, goal, title in ((axes[0], "iron_rich_vs_best_baseline", GOAL_RICH, "iron-rich: ÷ best baseline"),
                                  (axes[1], "iron_poor_vs_mlp", GOAL_POOR, "iron-poor: ÷ scratch MLP")):
-        for context, colour in (("context128", "C0"), ("context512", "C3")):
-            minutes = sorted({r["minutes"] for r in rows})
-            ax.plot(minutes, [np.mean([r[context][key] for r in rows if r["minutes"] == m]) for m in minutes], "-",
-                    color=colour, label=f"stage 3 at {context.replace('context', 'context ')} (line: seed mean)")
-            ax.plot([r["minutes"] for r in rows], [r[context][key] for r in rows], "o", color=colour, ms=5)
+        for (context, colour), augment in itertools.product((("context128", "C0"), ("context512", "C3")),
+                                                             (False, True)):
+            chosen = [r for r in rows if r["augment"] == augment]
+            if not chosen:
+                continue
+            minutes = sorted({r["minutes"] for r in chosen})
+            style, marker = ("--", "s") if augment else ("-", "o")
+            ax.plot(minutes, [np.mean([r[context][key] for r in chosen if r["minutes"] == m]) for m in minutes], style,
+                    color=colour, label=f"{'augmented' if augment else 'clean'} stage 1, stage 3 at "
+                    f"{context.replace('context', 'context ')} (line: seed mean)")
+            ax.plot([r["minutes"] for r in chosen], [r[context][key] for r in chosen], marker, color=colour, ms=5)
         ax.axhline(goal, color="k", ls="-.", lw=1, label=f"goal: ≤ {goal:g}")
         ax.set_xscale("log", base=2)
         budgets = sorted({r["minutes"] for r in rows})
-        ax.set_xticks(budgets, [f"{m:.0f}\n({_seeds(sum(r['minutes'] == m for r in rows))})" for m in budgets])
+        ax.set_xticks(budgets, [f"{m:.0f}\n({_seeds(len({r['seed'] for r in rows if r['minutes'] == m}))})"
+                                for m in budgets])
         ax.set_xlabel("stage-1 budget (minutes of one idle core; 14 = the quickstart)")
         ax.set_ylabel("stage-3 [Fe/H] RMSE ratio")
         ax.set_title(title)

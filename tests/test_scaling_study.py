@@ -121,6 +121,17 @@ def test_context_knob_names_calibrates_and_configures_all_three_stages():
     assert [default[s]["context_length"] for s in ("stage1", "stage2", "stage3")] == [128, 128, 128]
 
 
+def test_augment_knob_names_calibrates_and_configures_stage1_only():
+    assert scaling_study.point_name(64, 20, "wide", 0, augment=True) == "d64-20min-wide-seed0-aug"
+    calibration = {"seconds_per_step": {"64": 0.3, "64-aug": 0.4}}
+    assert scaling_study.stage1_steps(64, 20, calibration, augment=True) == 3000  # 1,200 s / 0.4 s per step
+    with pytest.raises(SystemExit, match="'64-ctx512-aug'.*--contexts 512 --augment"):
+        scaling_study.stage1_steps(64, 20, calibration, context=512, augment=True)
+    config = scaling_study.point_config(64, 1000, "wide", 0, augment=True)
+    assert config["stage1"]["augment"] is True and "augment" not in config["stage2"]
+    assert "augment" not in scaling_study.point_config(64, 1000, "wide", 0)["stage1"]
+
+
 def test_context_points_stay_out_of_the_context_128_fit():
     results = [point(m, 0.15 - 0.01 * math.log2(m)) for m in (4, 8, 16, 32)]
     wide_context = [{**point(m, 0.05), "context": 512} for m in (4, 8, 16)]
