@@ -130,6 +130,12 @@ def test_augment_knob_names_calibrates_and_configures_stage1_only():
     config = scaling_study.point_config(64, 1000, "wide", 0, augment=True)
     assert config["stage1"]["augment"] is True and "augment" not in config["stage2"]
     assert "augment" not in scaling_study.point_config(64, 1000, "wide", 0)["stage1"]
+    # augmented points: their own rows and curve, outside the clean context-128 fit
+    results = [point(m, 0.15 - 0.01 * math.log2(m)) for m in (4, 8, 16, 32)]
+    augmented = [{**point(m, 0.05), "augment": True} for m in (4, 8, 16)]
+    assert scaling_study.rich_fit(results + augmented)["slope"] == pytest.approx(-0.01, abs=1e-12)
+    rows = scaling_study.table(results + augmented).splitlines()
+    assert sum("| 64, augmented stage 1 |" in row for row in rows) == 3
 
 
 def test_context_points_stay_out_of_the_context_128_fit():
