@@ -349,6 +349,11 @@ def test_every_checkpoint_folder_of_the_pipeline_gets_a_card(tmp_path):
         "feh_lt_-1"]["rmse"]
     assert "A baseline, not a foundation model" in scratch.text
     assert ModelCard.load(tmp_path / "stage2" / "README.md").data.eval_results is None  # none measured
+    assert "observed-like" not in cards["stage1"].training_data
+    config.stage1.augment = {"snr": [100, 300]}  # a stage 1 on perturbed spectra says so on its card
+    augmented = stage_cards(config, data, tmp_path, ["stage1", "stage2"])
+    assert "Gaussian noise at SNR 100–300 per pixel" in augmented["stage1"].training_data
+    assert "observed-like" not in augmented["stage2"].training_data
 
 
 def test_metric_names_are_unique_per_label_and_say_the_subset():

@@ -99,6 +99,24 @@ class ObservedLikeAugmentation:
             raise ValueError(f"unknown augment key(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
         return cls(**values)
 
+    def describe(self) -> str:
+        """One sentence for a model card: what was added to the training spectra."""
+        terms = []
+        if self.snr is not None:
+            terms.append(f"Gaussian noise at SNR {self.snr[0]:g}–{self.snr[1]:g} per pixel")
+        if self.continuum_rms is not None:
+            terms.append(f"a smooth continuum residual of {100 * self.continuum_rms[0]:g}–"
+                         f"{100 * self.continuum_rms[1]:g} % rms per detector")
+        if self.line_depth_scatter > 0:
+            terms.append(f"line-strength errors of {100 * self.line_depth_scatter:g} % rms")
+        if self.resolving_power is not None:
+            terms.append(f"a resolving power of {self.resolving_power[0]:g}–{self.resolving_power[1]:g}")
+        share = ("every training spectrum" if self.fraction == 1
+                 else f"{100 * self.fraction:g} % of the training spectra")
+        return (f"At every step {share} carried freshly drawn observed-like imperfections ("
+                + ("; ".join(terms) or "none enabled") + "); the best step was chosen on validation spectra "
+                "perturbed the same way.")
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 

@@ -327,8 +327,12 @@ def stage_cards(config: PipelineConfig, data: PipelineData, out: Path, folders) 
         n_train = len(getattr(data, counted)) if counted else config.stage3.n_stars
         seen = wavelength[pixels]
         context = getattr(specs.get(folder), "context_length", None)
+        described = training_data[folder].format(n_train=n_train)
+        augmentation = getattr(specs.get(folder), "augmentation", None)
+        if augmentation is not None:  # the card must say the spectra were not the clean ones
+            described = described.rstrip() + " " + augmentation.describe()
         cards[folder] = CardInfo(stage=template, labels=list(labels), data_kind="simulated",
-                                 training_data=training_data[folder].format(n_train=n_train),
+                                 training_data=described,
                                  wavelength_range_A=(float(seen[0]), float(seen[-1])), n_pixels=len(seen),
                                  base_model=str(out / parent) if parent else None,
                                  pixels=(pixels.start, pixels.stop), context_length=context,
