@@ -5,8 +5,10 @@ it reads the observed spectra worse (issue 15, docs/scaling.md "What budget reac
 zero-shot [Fe/H] on observed iron-rich stars 0.19 dex at 10 min, 1.11 dex at 80 min, while it keeps
 improving on clean synthetic ones): it overfits details of the simulator that real spectra do not share.
 :class:`ObservedLikeAugmentation` perturbs each training star differently at every step with the
-instrument and model-mismatch terms a real spectrum carries (the simulator's observed-universe terms,
-``../shared/docs/simulator.md``), so that nothing the model relies on survives only in clean spectra.
+instrument and model-mismatch terms a real spectrum carries (the ranges of the simulator's observed
+universe, :mod:`spectrafm_hf.data.simulator.universe`), so that nothing the model relies on survives only
+in clean spectra. Which terms matter: ``benchmarks/scaling_study.py perturbation-probe`` (pixel noise,
+then the continuum residual).
 
 It draws new random imperfections; it never uses the observed universe's fixed "truth" (its line-data
 errors, extra lines, physics tweaks), so nothing about the observed test stars leaks into pre-training.
