@@ -233,10 +233,6 @@ def budget_rows() -> list[dict]:
     return sorted(rows, key=lambda r: (r["augment"], r["minutes"], r["seed"]))
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed" + ("" if n == 1 else "s")
-
-
 def budget(args) -> None:
     """Table and figure: issue 15's two ratios against the stage-1 budget, stage 3 at context 128 and 512."""
     import matplotlib
@@ -264,8 +260,10 @@ def budget(args) -> None:
     print(text, end="")
     if scaling_study.write_between("<!-- stage3 budget begin -->", "<!-- stage3 budget end -->", text):
         print(f"table written into {scaling_study.DOC.relative_to(REPO)}")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
-    fig.suptitle("Stage 3 vs stage-1 compute (d = 64, stages 1-2 at context 128)", fontsize=11)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.2))
+    fig.suptitle("Stage 3 vs stage-1 compute (d = 64, stages 1-2 at context 128; points: runs (circles clean, "
+                 "squares augmented stage 1), lines: seed means)",
+                 fontsize=11)
     for ax, key, goal, title in ((axes[0], "iron_rich_vs_best_baseline", GOAL_RICH, "iron-rich: ÷ best baseline"),
                                  (axes[1], "iron_poor_vs_mlp", GOAL_POOR, "iron-poor: ÷ scratch MLP")):
         for (context, colour), augment in itertools.product((("context128", "C0"), ("context512", "C3")),
@@ -275,20 +273,20 @@ def budget(args) -> None:
                 continue
             minutes = sorted({r["minutes"] for r in chosen})
             style, marker = ("--", "s") if augment else ("-", "o")
-            ax.plot(minutes, [np.mean([r[context][key] for r in chosen if r["minutes"] == m]) for m in minutes], style,
-                    color=colour, label=f"{'augmented' if augment else 'clean'} stage 1, stage 3 at "
-                    f"{context.replace('context', 'context ')} (line: seed mean)")
+            ax.plot(minutes, [np.mean([r[context][key] for r in chosen if r["minutes"] == m]) for m in minutes],
+                    style, color=colour,
+                    label=f"{'augmented' if augment else 'clean'} stage 1, stage 3 at {context[len('context'):]} px")
             ax.plot([r["minutes"] for r in chosen], [r[context][key] for r in chosen], marker, color=colour, ms=5)
-        ax.axhline(goal, color="k", ls="-.", lw=1, label=f"goal: ≤ {goal:g}")
+        ax.axhline(goal, color="k", ls="-.", lw=1, label="goal")
         ax.set_xscale("log", base=2)
         budgets = sorted({r["minutes"] for r in rows})
-        ax.set_xticks(budgets, [f"{m:.0f}\n({_seeds(len({r['seed'] for r in rows if r['minutes'] == m}))})"
-                                for m in budgets])
+        ax.set_xticks(budgets, [f"{m:.0f}" for m in budgets])
         ax.set_xlabel("stage-1 budget (minutes of one idle core; 14 = the quickstart)")
         ax.set_ylabel("stage-3 [Fe/H] RMSE ratio")
         ax.set_title(title)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: points fill the panel
-    fig.tight_layout()
+    # one legend for both panels, below them (the points fill the panels)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     BUDGET_FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(BUDGET_FIGURE, dpi=120)
     plt.close(fig)
