@@ -134,3 +134,13 @@ def test_augmented_batches_replay_on_resume_and_leave_the_data_clean():
     np.testing.assert_array_equal(validation.flux, augmented_validation(data, augmented, seed=0).flux)
     assert augmented_validation(data, plain, seed=0) is data and not np.allclose(validation.flux, before,
                                                                                   equal_nan=True)
+
+
+def test_the_trainer_path_refuses_augment_instead_of_training_on_clean_spectra(tmp_path):
+    from spectrafm_hf.training.trainer import run_stage_with_trainer
+
+    data = toy_data(8, 4)
+    spec = StageSpec("stage3", "all", ["FE_H"], 4, 16, LoopConfig(max_steps=2, progress=False), augment=True)
+    with pytest.raises(ValueError, match="augment is supported by the Accelerate path only"):
+        run_stage_with_trainer(spec, data, data, tmp_path / "stage", model_config={"d_model": 16})
+    assert not (tmp_path / "stage").exists()  # refused before anything was written

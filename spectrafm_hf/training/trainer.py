@@ -295,6 +295,9 @@ def run_stage_with_trainer(
     selection_metric(spec)  # refuse what this path cannot select on, and a schedule it cannot run,
     scheduler_arguments(spec.loop)  # before anything is written
     _check_rehearsal(spec, rehearsal)
+    if spec.augment is not None:  # never silently train on clean spectra when augmented ones were asked for
+        raise ValueError(f"{spec.name}: augment is supported by the Accelerate path only; remove it from the "
+                         "stage or use stage3_trainer: accelerate (--stage3-trainer accelerate)")
     record_stage_provenance(out_dir, provenance)
     start = time.time()
     model, feature_extractor = _initial_model(train_data, init, model_config, seed)
