@@ -133,7 +133,7 @@ class ObservedLikeAugmentation:
         good = ~np.asarray(mask, bool) & np.isfinite(flux)
         chosen = rng.random(len(flux)) < self.fraction
         if not chosen.any():
-            return flux.astype(np.float32, copy=False)
+            return flux
         part, part_good = np.where(good[chosen], flux[chosen], 1.0), good[chosen]
         segments = detector_segments(wavelength)
         if self.line_depth_scatter > 0:
@@ -145,14 +145,15 @@ class ObservedLikeAugmentation:
         if self.snr is not None:
             log_snr = rng.uniform(np.log(self.snr[0]), np.log(self.snr[1]), len(part))
             part = part + rng.standard_normal(part.shape, dtype=np.float32) / np.exp(log_snr)[:, None]
-        flux[chosen] = np.where(part_good, part, flux[chosen])
-        return flux.astype(np.float32, copy=False)
+        flux[chosen] = np.where(part_good, part, flux[chosen])  # assigned into float32: stays float32
+        return flux
 
     def _line_depths(self, flux: np.ndarray, segments: list[slice], rng) -> np.ndarray:
         kernel = _gaussian_kernel(np.array([self.depth_correlation_pixels]))[0]
+        kernel = kernel / np.sqrt((kernel**2).sum())  # smoothing white noise with it keeps unit variance
         field = rng.standard_normal(flux.shape, dtype=np.float32)
-        for s in segments:  # smoothed within each detector, back to unit variance
-            field[:, s] = correlate1d(field[:, s], kernel, axis=1, mode="nearest") / np.sqrt((kernel**2).sum())
+        for s in segments:  # smoothed within each detector
+            field[:, s] = correlate1d(field[:, s], kernel, axis=1, mode="nearest")
         scale = np.clip(1.0 + self.line_depth_scatter * field, 0.0, None)
         return 1.0 - (1.0 - flux) * scale
 
