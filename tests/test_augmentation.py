@@ -3,9 +3,11 @@ stage training (StageSpec.augment)."""
 
 import numpy as np
 import pytest
+import torch
 from _training_toys import toy_data
 
 from spectrafm_hf.data import grid
+from spectrafm_hf.data.arrays import subset
 from spectrafm_hf.data.augmentation import ObservedLikeAugmentation, detector_segments
 from spectrafm_hf.data.simulated import simulate_arrays
 from spectrafm_hf.pipeline.config import _stage_section
@@ -136,11 +138,72 @@ def test_augmented_batches_replay_on_resume_and_leave_the_data_clean():
                                                                                   equal_nan=True)
 
 
-def test_the_trainer_path_refuses_augment_instead_of_training_on_clean_spectra(tmp_path):
+def test_the_accelerate_batch_draws_its_augmentation_from_the_batch_seed():
+    """Pinned draw: stars of step k get ``apply`` with ``default_rng([batch seed, AUGMENT_STREAM])`` on the
+    stage's grid before their contexts are drawn, so committed augmented runs replay exactly."""
+    from spectrafm_hf.data.collator import AUGMENT_STREAM
+    from spectrafm_hf.training.stages import stage_collator, step_seed
+
+    data = toy_data(16, 3)
+    spec = StageSpec("stage1", "all", "all", 4, 64, LoopConfig(max_steps=2, progress=False), augment=True)
+    _, feature_extractor = new_model({"d_model": 16, "encoder_heads": [2], "encoder_mlp": [16], "decoder_heads": [2],
+                                      "decoder_mlp": [16], "head_mlp": [16], "context_length": 64}, data)
+    batch = batch_sampler(data, spec, feature_extractor, seed=5)(7, 0, 1)
+    index = np.random.default_rng([5, 7]).choice(len(data), size=4, replace=False)
+    perturbed = subset(data, index)
+    perturbed.flux = spec.augmentation.apply(perturbed.flux, perturbed.mask, data.wavelength,
+                                             np.random.default_rng([step_seed(5, 7, 0), AUGMENT_STREAM]))
+    by_hand = stage_collator(spec, feature_extractor, data.wavelength).select(perturbed, np.arange(4),
+                                                                             seed=step_seed(5, 7, 0))
+    for key in batch:
+        np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(by_hand[key]))
+
+
+def test_the_trainer_path_trains_on_augmented_rows_and_selects_on_perturbed_validation(tmp_path):
+    import json
+
+    from spectrafm_hf.data.collator import evaluation_rows, training_rows
+    from spectrafm_hf.training.stages import stage_collator
     from spectrafm_hf.training.trainer import run_stage_with_trainer
 
-    data = toy_data(8, 4)
-    spec = StageSpec("stage3", "all", ["FE_H"], 4, 16, LoopConfig(max_steps=2, progress=False), augment=True)
-    with pytest.raises(ValueError, match="augment is supported by the Accelerate path only"):
-        run_stage_with_trainer(spec, data, data, tmp_path / "stage", model_config={"d_model": 16})
-    assert not (tmp_path / "stage").exists()  # refused before anything was written
+    data, pool = toy_data(8, 4), toy_data(5, 6)
+    spec = StageSpec("stage3", "all", ["FE_H"], 4, 16, LoopConfig(max_steps=2, eval_every=2, progress=False),
+                     augment={"snr": [50, 50]}, select_on="val_rmse_FE_H")
+    _, feature_extractor = new_model({"d_model": 16, "encoder_heads": [2], "encoder_mlp": [16], "decoder_heads": [2],
+                                      "decoder_mlp": [16], "head_mlp": [16], "context_length": 16}, data)
+    augmented = stage_collator(spec, feature_extractor, data.wavelength, training=True).add_rehearsal(pool, 2)
+    clean = stage_collator(spec, feature_extractor, data.wavelength).add_rehearsal(pool, 2)
+    rows = [training_rows(data)[i] for i in range(4)]
+    first, again, plain = augmented(rows), augmented(rows), clean(rows)
+    for key in first:  # a replayed batch (resume) is the same batch
+        assert torch.equal(first[key], again[key])
+    # same contexts and labels; the 4 training stars' flux differs, the 2 rehearsal stars' does not
+    assert torch.equal(first["input_wavelength"], plain["input_wavelength"])
+    assert torch.equal(first["labels"], plain["labels"])
+    assert not torch.allclose(first["input_values"][:4], plain["input_values"][:4])
+    assert torch.equal(first["input_values"][4:], plain["input_values"][4:])
+    evaluation = [evaluation_rows(data)[i] for i in range(4)]  # evaluation rows are never perturbed here
+    assert torch.equal(augmented(evaluation)["input_values"], clean(evaluation)["input_values"])
+
+    result = run_stage_with_trainer(spec, data, toy_data(6, 5), tmp_path / "stage", model_config={"d_model": 16},
+                                    seed=3)
+    assert result.last_step == 2 and np.isfinite(result.best_metric)
+    recorded = json.loads((tmp_path / "stage" / "stage_config.json").read_text())
+    assert recorded["trainer"] == "transformers" and recorded["spec"]["augment"]["snr"] == [50.0, 50.0]
+
+
+def test_a_pixel_window_cuts_after_the_augmentation_has_seen_the_whole_grid():
+    """The continuum residual is a cubic per DETECTOR: a collator restricted to the Fe window must cut the
+    perturbed full-grid spectrum, not draw a cubic over its 512 pixels."""
+    from spectrafm_hf.data.collator import AUGMENT_STREAM, SpectraFMCollator, training_rows
+
+    data = toy_data(3, 8)
+    augmentation = _only(continuum_rms=(0.01, 0.01))
+    _, feature_extractor = new_model({"d_model": 16, "encoder_heads": [2], "encoder_mlp": [16], "decoder_heads": [2],
+                                      "decoder_mlp": [16], "head_mlp": [16], "context_length": 16}, data)
+    collator = SpectraFMCollator(feature_extractor, WAVELENGTH, request="all", pixel_window=grid.FE_WINDOW,
+                                 augmentation=augmentation)
+    stars = collator.stack([training_rows(data)[i] for i in range(3)], seed=[4, 2])
+    whole = augmentation.apply(data.flux, data.mask, WAVELENGTH, np.random.default_rng([4, 2, AUGMENT_STREAM]))
+    np.testing.assert_array_equal(stars.flux, whole[:, grid.FE_WINDOW])
+    assert not np.allclose(stars.flux, data.flux[:, grid.FE_WINDOW], equal_nan=True)

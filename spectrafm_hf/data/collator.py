@@ -17,7 +17,10 @@ With ``transformers.Trainer``, wrap the datasets in :func:`training_rows` and :f
   so ``Trainer.evaluate()`` / ``predict()`` return the labels the pipeline's evaluation would, and
   ``training.trainer.make_compute_metrics`` turns them into physical-unit metrics;
 * training batches can carry rehearsal stars (:meth:`SpectraFMCollator.add_rehearsal`), as the
-  Accelerate path's do.
+  Accelerate path's do;
+* with ``augmentation`` (an :class:`~spectrafm_hf.data.augmentation.ObservedLikeAugmentation`) the
+  training stars of every batch, not the rehearsal ones, get observed-like imperfections drawn from the
+  batch seed, on either path: the same batch seed gives the same perturbed spectra.
 """
 
 from __future__ import annotations
@@ -35,11 +38,19 @@ from ..feature_extraction_spectrafm import SpectraFMFeatureExtractor
 
 if TYPE_CHECKING:
     from .arrays import WindowData
+    from .augmentation import ObservedLikeAugmentation
 
 #: appended to a batch seed to seed the narrow-window draw, apart from the context / label draw
 _NARROW_WINDOW_STREAM = 7
 #: appended to a batch seed to draw the batch's rehearsal stars (Trainer path), apart from the other draws
 _REHEARSAL_STREAM = 11
+#: appended to a batch seed to draw the training stars' augmentation, apart from the other draws
+AUGMENT_STREAM = 13
+
+
+def _entropy(seed: int | Sequence[int]) -> list[int]:
+    """A batch seed (an int or a list of ints) as a list, to extend with a stream number."""
+    return list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
 
 
 @dataclass
@@ -110,6 +121,9 @@ class SpectraFMCollator:
         narrow_window_fraction: fraction of the (non-rehearsal) stars whose context comes from one
             contiguous run of pixels (0 = off).
         narrow_window_pixels: width of those runs, in pixels.
+        augmentation: observed-like imperfections for the training stars of every batch (not the
+            rehearsal stars, never evaluation rows), drawn from the batch seed on the collator's whole
+            grid ``wavelength`` before ``pixel_window`` cuts it; None = the spectra as they are.
 
     Rows are mappings with ``flux`` (P,), optional ``mask`` (P,), label columns and ``<LABEL>_ERR``
     columns (use ``dataset.with_format("numpy")``, or :func:`training_rows`). A star with no valid
@@ -130,6 +144,7 @@ class SpectraFMCollator:
         input_names: Sequence[str] = (),
         narrow_window_fraction: float = 0.0,
         narrow_window_pixels: int = 512,
+        augmentation: "ObservedLikeAugmentation | None" = None,
     ):
         self.feature_extractor = feature_extractor
         wavelength = np.asarray(wavelength, dtype=np.float64)
@@ -165,6 +180,7 @@ class SpectraFMCollator:
             raise ValueError(f"narrow_window_pixels must be ≥ 1, got {narrow_window_pixels}")
         self.narrow_window_fraction = float(narrow_window_fraction)
         self.narrow_window_pixels = int(narrow_window_pixels)
+        self.augmentation = augmentation
         self.step = 0
         self.rehearsal_pool: WindowData | None = None
         self.rehearsal_per_batch = 0
@@ -216,20 +232,28 @@ class SpectraFMCollator:
                 key = 2**32 + self.step  # no ids: the call number (never equal to a crc32)
             seed = [self.seed, key]
         self.step += 1
-        stars = self.stack(rows)
+        stars = self.stack(rows, seed=seed)
         return self.collate(stars, seed, rehearsal=self._rehearsal_stars(list(stars.labels), seed))
 
     def _rehearsal_stars(self, names: Sequence[str], seed) -> StarColumns | None:
         """``rehearsal_per_batch`` stars of the rehearsal pool drawn from the batch ``seed`` (None if off)."""
         if not self.rehearsal_per_batch:
             return None
-        entropy = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
         pool, k = self.rehearsal_pool, self.rehearsal_per_batch
-        index = np.random.default_rng([*entropy, _REHEARSAL_STREAM]).choice(len(pool), size=k, replace=k > len(pool))
+        rng = np.random.default_rng([*_entropy(seed), _REHEARSAL_STREAM])
+        index = rng.choice(len(pool), size=k, replace=k > len(pool))
         return self._columns_of(pool, index, names)
 
-    def stack(self, rows: Sequence[Mapping]) -> StarColumns:
-        """Dataset rows → :class:`StarColumns` (flux as float32, scalars as float64)."""
+    def _perturbed(self, flux: np.ndarray, mask: np.ndarray, seed) -> np.ndarray:
+        """``flux`` (B, n_grid) with this collator's augmentation drawn from the batch ``seed`` (itself
+        when there is none, or no seed: evaluation and rehearsal stars stay as they are)."""
+        if self.augmentation is None or seed is None:
+            return flux
+        return self.augmentation.apply(flux, mask, self.grid, np.random.default_rng([*_entropy(seed), AUGMENT_STREAM]))
+
+    def stack(self, rows: Sequence[Mapping], seed: int | Sequence[int] | None = None) -> StarColumns:
+        """Dataset rows → :class:`StarColumns` (flux as float32, scalars as float64); with a batch
+        ``seed``, training stars carry the collator's augmentation (if any)."""
         names = self._requested(list(rows[0]))
         if not isinstance(self.request, str):
             missing = [n for n in names if n not in rows[0]]
@@ -243,11 +267,16 @@ class SpectraFMCollator:
                 return np.full(len(rows), np.nan)  # the star lacks it
             return np.array([r[name] for r in rows], dtype=np.float64)
 
-        flux = np.stack([np.asarray(r["flux"], dtype=np.float32)[self.columns] for r in rows])
+        flux = np.stack([np.asarray(r["flux"], dtype=np.float32) for r in rows])
+        if flux.shape[1] != self.n_grid:
+            raise ValueError(f"the rows have {flux.shape[1]} pixels per star; this collator's grid has {self.n_grid}")
         if "mask" in rows[0]:
-            mask = np.stack([np.asarray(r["mask"], dtype=bool)[self.columns] for r in rows])
+            mask = np.stack([np.asarray(r["mask"], dtype=bool) for r in rows])
         else:
             mask = np.zeros(flux.shape, dtype=bool)
+        flux = self._perturbed(flux, mask, seed)
+        if self.columns.size < self.n_grid:  # a pixel_window
+            flux, mask = flux[:, self.columns], mask[:, self.columns]
         return StarColumns(
             flux=flux, mask=mask, labels={n: column(n) for n in names},
             label_errors={n: column(f"{n}_ERR") for n in names},
@@ -263,17 +292,19 @@ class SpectraFMCollator:
         lacks is NaN for its stars. Named inputs (``input_names``) are read from ``data.labels``.
         """
         names = self._requested(list(data.labels))
-        stars = self._columns_of(data, index, names)
+        stars = self._columns_of(data, index, names, seed=seed)
         extra = None if rehearsal is None else self._columns_of(*rehearsal, names)
         return self.collate(stars, seed, rehearsal=extra)
 
-    def _columns_of(self, data: WindowData, index, names: Sequence[str]) -> StarColumns:
+    def _columns_of(self, data: WindowData, index, names: Sequence[str], seed=None) -> StarColumns:
+        """Stars ``index`` of ``data`` cut to the collator's pixels (with a batch ``seed``: augmented)."""
         index = np.asarray(index)
         if data.flux.shape[1] != self.n_grid:
             raise ValueError(
                 f"the data has {data.flux.shape[1]} pixels per star; this collator's grid has {self.n_grid}"
             )
         flux, mask = data.flux[index], data.mask[index]
+        flux = self._perturbed(flux, mask, seed)
         if self.columns.size < self.n_grid:  # a pixel_window (else every pixel: no second copy)
             flux, mask = flux[:, self.columns], mask[:, self.columns]
 
@@ -297,9 +328,8 @@ class SpectraFMCollator:
         fe = self.feature_extractor
         flux, mask = stars.flux, stars.mask
         if self.narrow_window_fraction > 0:
-            entropy = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
             mask = narrow_window_mask(mask, self.narrow_window_fraction, self.narrow_window_pixels,
-                                      np.random.default_rng([*entropy, _NARROW_WINDOW_STREAM]))
+                                      np.random.default_rng([*_entropy(seed), _NARROW_WINDOW_STREAM]))
         labels, errors, scalars = stars.labels, stars.label_errors, stars.scalars
         if rehearsal is not None:
             flux = np.concatenate([flux, rehearsal.flux])

@@ -41,7 +41,7 @@ from ..checkpoints import load_model, save_checkpoint
 from ..data import grid
 from ..data.arrays import WindowData, subset
 from ..data.augmentation import ObservedLikeAugmentation
-from ..data.collator import SpectraFMCollator
+from ..data.collator import AUGMENT_STREAM, SpectraFMCollator
 from ..data.labels import LABELS
 from .loop import LoopConfig, LoopResult, train
 
@@ -160,19 +160,18 @@ class StageResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def stage_collator(spec: StageSpec, feature_extractor, wavelength: np.ndarray, seed: int = 0) -> SpectraFMCollator:
+def stage_collator(spec: StageSpec, feature_extractor, wavelength: np.ndarray, seed: int = 0,
+                   training: bool = False) -> SpectraFMCollator:
     """The batcher of ``spec``: its request (the five labels in :data:`LABELS` order for "random" /
     "all"), context length and narrow windows, on the pixel grid ``wavelength`` (P,) of the stage's data.
-    ``seed`` only matters for batches of dataset rows drawn without a batch seed (the Trainer path)."""
+    ``seed`` only matters for batches of dataset rows drawn without a batch seed (the Trainer path).
+    ``training``: the batcher of the training stars, which carry the stage's augmentation (if any);
+    validation batches do not (their stars are perturbed once, by :func:`augmented_validation`)."""
     return SpectraFMCollator(
         feature_extractor, wavelength, request=spec.request, context_length=spec.context_length, seed=seed,
         label_names=LABELS, narrow_window_fraction=spec.narrow_window_fraction,
-        narrow_window_pixels=spec.narrow_window_pixels,
+        narrow_window_pixels=spec.narrow_window_pixels, augmentation=spec.augmentation if training else None,
     )
-
-
-#: appended to a batch seed to draw the augmentation, apart from the collator's draws
-_AUGMENT_STREAM = 13
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -187,14 +186,13 @@ def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: in
     split between them, so the union over processes is the same whatever the process count, and
     any step can be regenerated on resume. The :func:`stage_collator` tokenizes them (with
     ``spec.rehearsal`` stars of ``rehearsal`` appended), seeded by :func:`step_seed` (seed, step, rank).
-    With ``spec.augment``, the drawn stars (not the rehearsal ones) get observed-like imperfections
-    drawn from the same batch seed, so a resumed run replays them too.
+    With ``spec.augment``, the collator gives the drawn stars (not the rehearsal ones) observed-like
+    imperfections drawn from the same batch seed, so a resumed run replays them too; ``data`` stays clean.
     """
     n = len(data)
     if n == 0:
         raise ValueError(f"{spec.name}: the training set is empty")
-    collator = stage_collator(spec, feature_extractor, data.wavelength)
-    augmentation = spec.augmentation
+    collator = stage_collator(spec, feature_extractor, data.wavelength, training=True)
 
     def make_batch(step: int, rank: int, world: int):
         rng = np.random.default_rng([seed, step])
@@ -205,13 +203,7 @@ def batch_sampler(data: WindowData, spec: StageSpec, feature_extractor, seed: in
             k = spec.rehearsal * world
             extra_index = rng.choice(len(rehearsal), size=k, replace=k > len(rehearsal))
             extra = (rehearsal, extra_index[rank * spec.rehearsal:(rank + 1) * spec.rehearsal])
-        batch_seed = step_seed(seed, step, rank)
-        if augmentation is not None:  # perturb copies of this step's stars only; ``data`` stays clean
-            stars = subset(data, index)
-            stars.flux = augmentation.apply(stars.flux, stars.mask, data.wavelength,
-                                            np.random.default_rng([batch_seed, _AUGMENT_STREAM]))
-            return collator.select(stars, np.arange(len(index)), seed=batch_seed, rehearsal=extra)
-        return collator.select(data, index, seed=batch_seed, rehearsal=extra)
+        return collator.select(data, index, seed=step_seed(seed, step, rank), rehearsal=extra)
 
     return make_batch
 
@@ -223,7 +215,7 @@ def augmented_validation(validation: WindowData, spec: StageSpec, seed: int) -> 
         return validation
     stars = subset(validation, np.arange(len(validation)))
     stars.flux = augmentation.apply(stars.flux, stars.mask, validation.wavelength,
-                                    np.random.default_rng([int(seed), _AUGMENT_STREAM, 1]))
+                                    np.random.default_rng([int(seed), AUGMENT_STREAM, 1]))
     return stars
 
 

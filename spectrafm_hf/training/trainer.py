@@ -37,7 +37,10 @@ selection as :func:`~spectrafm_hf.training.stages.run_stage`:
   random contexts, the stage's request and narrow windows), seeded by ``seed`` and the star indices of
   each batch, so a resumed run (Trainer replays the same shuffled order) draws the same; with
   ``spec.rehearsal`` each batch also carries that many stars of ``rehearsal`` (drawn from the batch
-  seed; the Accelerate path draws them from ``(seed, step)``: the same recipe, other draws);
+  seed; the Accelerate path draws them from ``(seed, step)``: the same recipe, other draws); with
+  ``spec.augment`` the training stars get observed-like imperfections from the batch seed and the
+  validation stars one fixed draw (:func:`~spectrafm_hf.training.stages.augmented_validation`), as on the
+  Accelerate path;
 * AdamW, warm-up then a cosine down to ``min_lr_ratio`` of the peak or a constant rate: optimiser step k
   runs at the Accelerate loop's :func:`~spectrafm_hf.training.loop.learning_rate_at` ``(k)`` (to 3e-16
   relative); gradient clipping; ``max_steps``. "cosine_restarts" is refused (see :func:`scheduler_arguments`);
@@ -72,6 +75,7 @@ from .stages import (
     StageResult,
     StageSpec,
     apply_freezing,
+    augmented_validation,
     finished_stage,
     new_model,
     record_stage_provenance,
@@ -261,13 +265,14 @@ def _stage_trainer(spec: StageSpec, model, feature_extractor, train_data: Window
     """A plain ``transformers.Trainer`` for the stage: the package's collator, rows, metrics and callbacks."""
     from transformers import EarlyStoppingCallback, Trainer
 
-    collator = stage_collator(spec, feature_extractor, train_data.wavelength, seed=seed)
+    collator = stage_collator(spec, feature_extractor, train_data.wavelength, seed=seed, training=True)
     if spec.rehearsal:
         collator.add_rehearsal(rehearsal, spec.rehearsal)
     callbacks = [EarlyStoppingCallback(early_stopping_patience=spec.loop.patience)] if spec.loop.patience else []
     return Trainer(
         model=model, args=_training_arguments(spec, out_dir / "trainer", seed), data_collator=collator,
-        train_dataset=training_rows(train_data), eval_dataset=evaluation_rows(validation),
+        train_dataset=training_rows(train_data),
+        eval_dataset=evaluation_rows(augmented_validation(validation, spec, seed)),  # perturbed once, as run_stage's
         processing_class=feature_extractor, callbacks=callbacks,
         compute_metrics=make_compute_metrics(feature_extractor, evaluation_labels(spec)),
     )
@@ -295,9 +300,6 @@ def run_stage_with_trainer(
     selection_metric(spec)  # refuse what this path cannot select on, and a schedule it cannot run,
     scheduler_arguments(spec.loop)  # before anything is written
     _check_rehearsal(spec, rehearsal)
-    if spec.augment is not None:  # never silently train on clean spectra when augmented ones were asked for
-        raise ValueError(f"{spec.name}: augment is supported by the Accelerate path only; remove it from the "
-                         "stage or use stage3_trainer: accelerate (--stage3-trainer accelerate)")
     record_stage_provenance(out_dir, provenance)
     start = time.time()
     model, feature_extractor = _initial_model(train_data, init, model_config, seed)
