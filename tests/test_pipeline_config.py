@@ -42,6 +42,21 @@ def test_every_shipped_config_loads(name):
     assert config.attention.first_half.n_stars == raw["attention"]["first_half"]["n_stars"]
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_file_loads_with_the_papers_windows(path):
+    config = load_config(path)
+    assert (config.stage1.window, config.stage2.window, config.stage3.spec.window) == ("all", "first_half", "fe_window")
+
+
+def test_the_long_augmented_recipe_changes_only_what_its_header_says():
+    long = load_config(CONFIGS / "augmented_40min_context512.yaml")
+    quickstart = load_config(CONFIGS / "quickstart.yaml")
+    assert long.stage1.augmentation is not None and quickstart.stage1.augmentation is None
+    assert (long.stage1.loop.max_steps, long.stage2.loop.max_steps) == (5750, 1150)  # the scaling study's 40-min point
+    assert long.stage3.spec.context_length == 512 and quickstart.stage3.spec.context_length == 128
+    assert long.model == quickstart.model and long.data == quickstart.data and long.seed == quickstart.seed
+
+
 def test_a_misspelt_stage_key_names_key_section_and_suggestion(tmp_path):
     config = _tiny()
     config["stage1"]["max_step"] = config["stage1"].pop("max_steps")
