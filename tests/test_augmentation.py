@@ -207,3 +207,9 @@ def test_a_pixel_window_cuts_after_the_augmentation_has_seen_the_whole_grid():
     whole = augmentation.apply(data.flux, data.mask, WAVELENGTH, np.random.default_rng([4, 2, AUGMENT_STREAM]))
     np.testing.assert_array_equal(stars.flux, whole[:, grid.FE_WINDOW])
     assert not np.allclose(stars.flux, data.flux[:, grid.FE_WINDOW], equal_nan=True)
+    # the YAML spellings work here too; anything else is refused when the collator is built, not at step 1
+    assert SpectraFMCollator(feature_extractor, WAVELENGTH, augmentation={"snr": [50, 60]}).augmentation.snr == (50, 60)
+    defaults = SpectraFMCollator(feature_extractor, WAVELENGTH, augmentation=True).augmentation
+    assert defaults == ObservedLikeAugmentation()
+    with pytest.raises(ValueError, match="augment must be a mapping, true or null, got 'yes'"):
+        SpectraFMCollator(feature_extractor, WAVELENGTH, augmentation="yes")

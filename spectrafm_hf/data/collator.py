@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from ..feature_extraction_spectrafm import SpectraFMFeatureExtractor
+from .augmentation import ObservedLikeAugmentation
 
 if TYPE_CHECKING:
     from .arrays import WindowData
-    from .augmentation import ObservedLikeAugmentation
 
 #: appended to a batch seed to seed the narrow-window draw, apart from the context / label draw
 _NARROW_WINDOW_STREAM = 7
@@ -46,6 +46,14 @@ _NARROW_WINDOW_STREAM = 7
 _REHEARSAL_STREAM = 11
 #: appended to a batch seed to draw the training stars' augmentation, apart from the other draws
 AUGMENT_STREAM = 13
+
+
+def _augmentation(value) -> ObservedLikeAugmentation | None:
+    """The collator's ``augmentation``: an ``ObservedLikeAugmentation``, or what a stage's YAML ``augment:``
+    takes (None / False = off, True = the defaults, a mapping of its settings)."""
+    if isinstance(value, ObservedLikeAugmentation):
+        return value
+    return ObservedLikeAugmentation.from_dict(value)
 
 
 def _entropy(seed: int | Sequence[int]) -> list[int]:
@@ -121,7 +129,8 @@ class SpectraFMCollator:
         narrow_window_fraction: fraction of the (non-rehearsal) stars whose context comes from one
             contiguous run of pixels (0 = off).
         narrow_window_pixels: width of those runs, in pixels.
-        augmentation: observed-like imperfections for the training stars of every batch (not the
+        augmentation: observed-like imperfections for the training stars of every batch (an
+            ``ObservedLikeAugmentation``, True for its defaults or a mapping of its settings; not the
             rehearsal stars, never evaluation rows), drawn from the batch seed on the collator's whole
             grid ``wavelength`` before ``pixel_window`` cuts it; None = the spectra as they are.
 
@@ -144,7 +153,7 @@ class SpectraFMCollator:
         input_names: Sequence[str] = (),
         narrow_window_fraction: float = 0.0,
         narrow_window_pixels: int = 512,
-        augmentation: "ObservedLikeAugmentation | None" = None,
+        augmentation: ObservedLikeAugmentation | Mapping | bool | None = None,
     ):
         self.feature_extractor = feature_extractor
         wavelength = np.asarray(wavelength, dtype=np.float64)
@@ -180,7 +189,7 @@ class SpectraFMCollator:
             raise ValueError(f"narrow_window_pixels must be ≥ 1, got {narrow_window_pixels}")
         self.narrow_window_fraction = float(narrow_window_fraction)
         self.narrow_window_pixels = int(narrow_window_pixels)
-        self.augmentation = augmentation
+        self.augmentation = _augmentation(augmentation)
         self.step = 0
         self.rehearsal_pool: WindowData | None = None
         self.rehearsal_per_batch = 0
