@@ -213,3 +213,5 @@ def test_a_pixel_window_cuts_after_the_augmentation_has_seen_the_whole_grid():
     assert defaults == ObservedLikeAugmentation()
     with pytest.raises(ValueError, match="augment must be a mapping, true or null, got 'yes'"):
         SpectraFMCollator(feature_extractor, WAVELENGTH, augmentation="yes")
+    with pytest.raises(ValueError, match="the rows have 512 pixels per star; this collator's grid has 7514"):
+        collator.stack([{"flux": data.flux[0, grid.FE_WINDOW]}], seed=[4, 2])

@@ -276,16 +276,21 @@ class SpectraFMCollator:
                 return np.full(len(rows), np.nan)  # the star lacks it
             return np.array([r[name] for r in rows], dtype=np.float64)
 
-        flux = np.stack([np.asarray(r["flux"], dtype=np.float32) for r in rows])
-        if flux.shape[1] != self.n_grid:
-            raise ValueError(f"the rows have {flux.shape[1]} pixels per star; this collator's grid has {self.n_grid}")
+        if len(rows[0]["flux"]) != self.n_grid:
+            raise ValueError(f"the rows have {len(rows[0]['flux'])} pixels per star; this collator's grid has "
+                             f"{self.n_grid}")
+        # Only an augmented batch needs whole rows (its draw sees the whole grid); otherwise each row is
+        # cut to the pixel window as it is read, the cheap path of every evaluation and plain batch.
+        whole = self.augmentation is not None and seed is not None
+        columns = slice(None) if whole else self.columns
+        flux = np.stack([np.asarray(r["flux"], dtype=np.float32)[columns] for r in rows])
         if "mask" in rows[0]:
-            mask = np.stack([np.asarray(r["mask"], dtype=bool) for r in rows])
+            mask = np.stack([np.asarray(r["mask"], dtype=bool)[columns] for r in rows])
         else:
             mask = np.zeros(flux.shape, dtype=bool)
-        flux = self._perturbed(flux, mask, seed)
-        if self.columns.size < self.n_grid:  # a pixel_window
-            flux, mask = flux[:, self.columns], mask[:, self.columns]
+        if whole:
+            flux = self._perturbed(flux, mask, seed)[:, self.columns]
+            mask = mask[:, self.columns]
         return StarColumns(
             flux=flux, mask=mask, labels={n: column(n) for n in names},
             label_errors={n: column(f"{n}_ERR") for n in names},
