@@ -44,6 +44,7 @@ RESULTS = REPO / "docs" / "results" / "stage3_variants"
 RUNS = REPO / "runs" / "stage3_variants"
 BUDGET_FIGURE = REPO / "docs" / "figures" / "stage3_budget.png"
 N_ATTENTION = 200  # stars of the attention analyses, as the quickstart's attention.n_stars
+MEMBER_SEED_STRIDE = 1000  # member k trains with seed + 1000 k: apart from every run seed used (0–14)
 
 #: Variant name → changes to the quickstart's stage-3 loop ("loop") and stage spec ("spec").
 VARIANTS = {
@@ -72,9 +73,21 @@ def _enrichment(model_dir: Path, stars, options) -> dict:
     return {"enrichment": float(profile["enrichment"]), "control": float(profile["enrichment_control"])}
 
 
-def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
-    """Re-train stage 3 of ``run_dir`` (seed ``seed``) as ``variant`` into ``runs/stage3_variants/<name>``;
-    its validation and test figures."""
+def member_seed(seed: int, member: int) -> int:
+    """The stage-3 training seed of ensemble member ``member`` of run seed ``seed``: member 0 is the run's own
+    seed (the recipe as the pipeline trains it); the others change only the batch order, contexts and
+    evaluation draws, never the 100 stars (those come from the run seed)."""
+    return seed if member == 0 else seed + MEMBER_SEED_STRIDE * member
+
+
+def member_tag(variant: str, member: int) -> str:
+    """Folder and result name of a member: the variant itself for member 0 (the results of earlier sessions)."""
+    return variant if member == 0 else f"{variant}-m{member}"
+
+
+def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0) -> dict:
+    """Re-train stage 3 of ``run_dir`` (seed ``seed``) as ``variant`` into ``runs/stage3_variants/<name>``,
+    as ensemble member ``member`` (see :func:`member_seed`); its validation and test figures."""
     from spectrafm_hf.checkpoints import load_model
     from spectrafm_hf.data.arrays import cut_window
     from spectrafm_hf.data.grid import FE_WINDOW
@@ -88,10 +101,10 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
     data = load_data(config, run_dir)
     spec = _variant_spec(config.stage3.spec, variant)
     rehearsal = cut_window(data.synthetic_train, FE_WINDOW) if spec.rehearsal else None
-    out = RUNS / name / variant
+    out = RUNS / name / member_tag(variant, member)
     start = time.perf_counter()
     result = run_stage(spec, data.stage3_train, data.stage3_val, out, init=run_dir / "stage2", rehearsal=rehearsal,
-                       seed=seed)
+                       seed=member_seed(seed, member))
     seconds = time.perf_counter() - start
     model, feature_extractor = load_model(out, device="cpu")
     val = predict(model, feature_extractor, data.stage3_val, ("FE_H",), 64)["FE_H"][0]
@@ -103,6 +116,7 @@ def measure(run_dir: Path, seed: int, variant: str, name: str) -> dict:
     return {
         "run": _run_label(run_dir),
         "name": name, "seed": seed, "variant": variant, "changes": VARIANTS[variant],
+        "member": member, "train_seed": member_seed(seed, member),
         "best_step": result.best_step, "last_step": result.last_step,
         "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
         "validation_iron_rich": rmse(val, data.stage3_val.labels["FE_H"]),
@@ -127,20 +141,22 @@ def run(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if min(args.members) < 0:
+        raise SystemExit(f"--members are 0 (the run's own seed) or positive, got {min(args.members)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for pair in args.runs:
         folder, seed, name = _parse_run(pair)
-        for variant in args.variants:
-            path = RESULTS / f"{name}-{variant}.json"
+        for variant, member in itertools.product(args.variants, args.members):
+            path = RESULTS / f"{name}-{member_tag(variant, member)}.json"
             earlier = _earlier_result(path, folder)
             if earlier and not args.rescore:
                 print(f"[stage3] {path.name} exists: skipped", flush=True)
                 continue
-            row = measure(folder, seed, variant, name)
+            row = measure(folder, seed, variant, name, member)
             if row["train_seconds"] is None:  # re-scored: the training time is the earlier call's
                 row["train_seconds"] = earlier.get("train_seconds")
             path.write_text(json.dumps(row, indent=1) + "\n")
-            print(f"[stage3] seed {seed} {variant}: validation {row['validation_iron_rich']:.4f} "
+            print(f"[stage3] seed {seed} {member_tag(variant, member)}: validation {row['validation_iron_rich']:.4f} "
                   f"(enrichment {row['validation_attention']['enrichment']:.2f}), test rich "
                   f"{row['test_iron_rich']:.4f} / poor {row['test_iron_poor']:.4f}, test enrichment "
                   f"{row['test_attention']['enrichment']:.2f} (control {row['test_attention']['control']:.2f}), "
@@ -299,6 +315,8 @@ def main() -> None:
     go = sub.add_parser("run", help="re-train stage 3 as each variant on each run")
     go.add_argument("--runs", nargs="+", required=True, help="folder:seed[:name] of finished quickstart runs")
     go.add_argument("--variants", nargs="+", default=["quickstart", "steps2000"], choices=sorted(VARIANTS))
+    go.add_argument("--members", nargs="+", type=int, default=[0],
+                    help="ensemble members to train (0: the run's own stage-3 seed; k: seed + 1000 k)")
     go.add_argument("--threads", type=int, default=1)
     go.add_argument("--rescore", action="store_true",
                     help="measure finished variants again (their trained stage 3 is reused, never re-trained)")
