@@ -54,6 +54,9 @@ VARIANTS = {
     "context256": {"spec": {"context_length": 256}},
     "context512": {"spec": {"context_length": 512}},
     "unfrozen": {"spec": {"freeze_decoder": False, "freeze_encoder_blocks": []}},
+    # the rehearsal stars (clean synthetic spectra, half of every batch) with one fixed draw of stage 1's
+    # observed-like imperfections, so they look like the observed stars they are trained beside
+    "context512_rehearsal_aug": {"spec": {"context_length": 512}, "rehearsal_augment": True},
 }
 
 
@@ -61,6 +64,21 @@ def _variant_spec(base_spec, variant: str):
     change = VARIANTS[variant]
     loop = dataclasses.replace(base_spec.loop, **change.get("loop", {}))
     return dataclasses.replace(base_spec, loop=loop, **change.get("spec", {}))
+
+
+def _augmented_once(stars, seed: int):
+    """``stars`` (whole grid) with one draw of the default observed-like augmentation (stage 1's
+    ``augment: true``), from a stream of its own (``[seed, AUGMENT_STREAM, 2]``), 2,048 stars at a time."""
+    from spectrafm_hf.data.arrays import subset
+    from spectrafm_hf.data.augmentation import ObservedLikeAugmentation
+    from spectrafm_hf.data.collator import AUGMENT_STREAM
+
+    augmentation, rng = ObservedLikeAugmentation(), np.random.default_rng([seed, AUGMENT_STREAM, 2])
+    out = subset(stars, np.arange(len(stars)))
+    for start in range(0, len(stars), 2048):
+        rows = slice(start, start + 2048)
+        out.flux[rows] = augmentation.apply(stars.flux[rows], stars.mask[rows], stars.wavelength, rng)
+    return out
 
 
 def _enrichment(model_dir: Path, stars, options) -> dict:
@@ -100,7 +118,12 @@ def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0) 
         raise SystemExit(f"{run_dir}/stage2 is not a finished stage 2; give a finished quickstart run")
     data = load_data(config, run_dir)
     spec = _variant_spec(config.stage3.spec, variant)
-    rehearsal = cut_window(data.synthetic_train, FE_WINDOW) if spec.rehearsal else None
+    rehearsal = None
+    if spec.rehearsal:
+        synthetic = data.synthetic_train
+        if VARIANTS[variant].get("rehearsal_augment"):
+            synthetic = _augmented_once(synthetic, seed)
+        rehearsal = cut_window(synthetic, FE_WINDOW)
     out = RUNS / name / member_tag(variant, member)
     start = time.perf_counter()
     result = run_stage(spec, data.stage3_train, data.stage3_val, out, init=run_dir / "stage2", rehearsal=rehearsal,
