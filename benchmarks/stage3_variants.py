@@ -103,9 +103,14 @@ def member_tag(variant: str, member: int) -> str:
     return variant if member == 0 else f"{variant}-m{member}"
 
 
-def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0) -> dict:
+def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0,
+            draw: tuple[Path, int] | None = None) -> dict:
     """Re-train stage 3 of ``run_dir`` (seed ``seed``) as ``variant`` into ``runs/stage3_variants/<name>``,
-    as ensemble member ``member`` (see :func:`member_seed`); its validation and test figures."""
+    as ensemble member ``member`` (see :func:`member_seed`); its validation and test figures.
+
+    ``draw`` = (another run's folder, its seed): fine-tune on THAT run's 100 stars and compare with its
+    baselines (trained on those stars), to tell the star draw's share of the seed spread from the
+    pre-training's."""
     from spectrafm_hf.checkpoints import load_model
     from spectrafm_hf.data.arrays import cut_window
     from spectrafm_hf.data.grid import FE_WINDOW
@@ -113,9 +118,12 @@ def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0) 
     from spectrafm_hf.pipeline.data import FEH_RICH_MIN, load_data
     from spectrafm_hf.training.stages import predict, run_stage
 
-    config = load_config(CONFIG, seed=seed)
+    draw_dir, draw_seed = draw if draw is not None else (run_dir, seed)
+    config = load_config(CONFIG, seed=draw_seed)  # the run seed draws the 100 stars (and nothing else here)
     if not (run_dir / "stage2" / "stage_complete.json").exists():
         raise SystemExit(f"{run_dir}/stage2 is not a finished stage 2; give a finished quickstart run")
+    if not (draw_dir / "metrics.json").exists():  # its baselines are the comparison: refuse before training
+        raise SystemExit(f"{draw_dir}/metrics.json is missing; give a finished quickstart run")
     data = load_data(config, run_dir)
     spec = _variant_spec(config.stage3.spec, variant)
     rehearsal = None
@@ -135,9 +143,9 @@ def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0) 
     rich = data.true_feh > FEH_RICH_MIN
     bins = rmse_by_bin(test, data.true_feh, rich)
     test_rich, test_poor = bins["iron_rich"], bins["iron_poor"]
-    baselines = baseline_bins(json.loads((run_dir / "metrics.json").read_text())["models"])
+    baselines = baseline_bins(json.loads((draw_dir / "metrics.json").read_text())["models"])
     return {
-        "run": _run_label(run_dir),
+        "run": _run_label(run_dir), "draw_run": _run_label(draw_dir), "draw_seed": draw_seed,
         "name": name, "seed": seed, "variant": variant, "changes": VARIANTS[variant],
         "member": member, "train_seed": member_seed(seed, member),
         "best_step": result.best_step, "last_step": result.last_step,
@@ -175,7 +183,7 @@ def run(args) -> None:
             if earlier and not args.rescore:
                 print(f"[stage3] {path.name} exists: skipped", flush=True)
                 continue
-            row = measure(folder, seed, variant, name, member)
+            row = measure(folder, seed, variant, name, member, draw=_parse_run(args.draw)[:2] if args.draw else None)
             if row["train_seconds"] is None:  # re-scored: the training time is the earlier call's
                 row["train_seconds"] = earlier.get("train_seconds")
             path.write_text(json.dumps(row, indent=1) + "\n")
@@ -340,6 +348,8 @@ def main() -> None:
     go.add_argument("--variants", nargs="+", default=["quickstart", "steps2000"], choices=sorted(VARIANTS))
     go.add_argument("--members", nargs="+", type=int, default=[0],
                     help="ensemble members to train (0: the run's own stage-3 seed; k: seed + 1000 k)")
+    go.add_argument("--draw", metavar="FOLDER:SEED",
+                    help="fine-tune on this other run's 100 stars, against its baselines (default: each run's own)")
     go.add_argument("--threads", type=int, default=1)
     go.add_argument("--rescore", action="store_true",
                     help="measure finished variants again (their trained stage 3 is reused, never re-trained)")
