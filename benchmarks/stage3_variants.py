@@ -175,6 +175,7 @@ def run(args) -> None:
     if min(args.members) < 0:
         raise SystemExit(f"--members are 0 (the run's own seed) or positive, got {min(args.members)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    draw = _parse_run(args.draw, "--draw")[:2] if args.draw else None  # before any training
     for pair in args.runs:
         folder, seed, name = _parse_run(pair)
         for variant, member in itertools.product(args.variants, args.members):
@@ -183,7 +184,7 @@ def run(args) -> None:
             if earlier and not args.rescore:
                 print(f"[stage3] {path.name} exists: skipped", flush=True)
                 continue
-            row = measure(folder, seed, variant, name, member, draw=_parse_run(args.draw)[:2] if args.draw else None)
+            row = measure(folder, seed, variant, name, member, draw=draw)
             if row["train_seconds"] is None:  # re-scored: the training time is the earlier call's
                 row["train_seconds"] = earlier.get("train_seconds")
             path.write_text(json.dumps(row, indent=1) + "\n")
@@ -194,11 +195,11 @@ def run(args) -> None:
                   f"best step {row['best_step']}/{row['last_step']}, trained in {row['train_seconds']} s", flush=True)
 
 
-def _parse_run(pair: str) -> tuple[Path, int, str]:
+def _parse_run(pair: str, option: str = "--runs") -> tuple[Path, int, str]:
     """``folder:seed`` or ``folder:seed:name`` → (folder, seed, name); name defaults to ``seed<N>``."""
     parts = pair.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit() or (len(parts) == 3 and not parts[2]):
-        raise SystemExit(f"--runs takes folder:seed or folder:seed:name (e.g. runs/quickstart_s6:0), got {pair!r}")
+        raise SystemExit(f"{option} takes folder:seed or folder:seed:name (e.g. runs/quickstart_s6:0), got {pair!r}")
     name = parts[2] if len(parts) == 3 else f"seed{parts[1]}"
     return Path(parts[0]).resolve(), int(parts[1]), name
 

@@ -80,3 +80,10 @@ def test_members_below_zero_are_refused(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["stage3_variants.py", "run", "--runs", "runs/x:0", "--members", "-1"])
     with pytest.raises(SystemExit, match="--members are 0"):
         stage3_variants.main()
+
+
+def test_a_bad_draw_is_refused_before_anything_is_trained(monkeypatch, tmp_path):
+    monkeypatch.setattr(stage3_variants, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["stage3_variants.py", "run", "--runs", "runs/x:0", "--draw", "runs/y"])
+    with pytest.raises(SystemExit, match="--draw takes folder:seed"):
+        stage3_variants.main()
