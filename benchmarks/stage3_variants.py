@@ -21,6 +21,10 @@ more than one run (e.g. the scaling study's longer stage 1:
 stages go to ``runs/stage3_variants/<name>/<variant>/`` (never committed; a finished one is reused) and
 results to ``docs/results/stage3_variants/<name>-<variant>.json``, with issue 15's two ratios against the
 run's own baselines.
+
+``--members 0 1 2`` trains stage-3 fine-tunes that differ only in their stage-3 seed (member k > 0 goes to
+``<variant>-m<k>``; ``stage3_ensembles.py`` combines them). ``--draw FOLDER:SEED`` fine-tunes each run's
+stage 2 on another run's 100 stars, against that run's baselines (what the star draw adds to the spread).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ RESULTS = REPO / "docs" / "results" / "stage3_variants"
 RUNS = REPO / "runs" / "stage3_variants"
 BUDGET_FIGURE = REPO / "docs" / "figures" / "stage3_budget.png"
 N_ATTENTION = 200  # stars of the attention analyses, as the quickstart's attention.n_stars
-MEMBER_SEED_STRIDE = 1000  # member k trains with seed + 1000 k: apart from every run seed used (0–14)
+MEMBER_SEED_STRIDE = 1000  # member k trains with seed + 1000 k: apart from every run seed used (all < 1000)
 
 #: Variant name → changes to the quickstart's stage-3 loop ("loop") and stage spec ("spec").
 VARIANTS = {
