@@ -276,6 +276,8 @@ def budget_rows() -> list[dict]:
         point = scaling_study.RESULTS / f"{Path(wide['run']).name}.json"
         if not wide["run"].startswith("runs/scaling/") or not point.exists():
             continue  # a quickstart run: no budget of its own in the study
+        if wide.get("draw_run", wide["run"]) != wide["run"]:
+            continue  # fine-tuned on another run's stars (--draw): not this run's point
         narrow = json.loads(point.read_text())
         rows.append({"minutes": narrow["minutes"], "steps": narrow["steps"], "seed": narrow["seed"],
                      "augment": narrow.get("augment", False),  # points from before the knob: clean

@@ -196,6 +196,8 @@ def test_budget_rows_pair_each_context512_stage3_with_its_context128_run(tmp_pat
             "test_attention": {"enrichment": 2.0, "control": 1.2}}
     (variants / "d64-40min-seed11-context512.json").write_text(json.dumps(wide))
     (variants / "seed0-context512.json").write_text(json.dumps({**wide, "run": "runs/quickstart_s6"}))  # not a budget
+    crossed = {**wide, "draw_run": "runs/scaling/d64-40min-wide-seed12", "ratios": {"iron_rich_vs_best_baseline": 9}}
+    (variants / "d64-40min-seed11-draw12-context512.json").write_text(json.dumps(crossed))  # another run's stars
     quick = seed_result(2, 0.1, 0.2, 0.7, 1.9, 0.6)
     (seeds / "quickstart" / "seed2.json").write_text(json.dumps(quick))
     (seeds / "stage3_context512" / "seed2.json").write_text(json.dumps(quick))
