@@ -52,10 +52,10 @@ def soup(member_dirs: list[Path], out: Path) -> Path:
     names = [str(d) for d in member_dirs]
     if recipe.exists() and json.loads(recipe.read_text())["members"] == names:
         return out
-    model, feature_extractor = load_model(member_dirs[0], device="cpu")
-    states = [load_model(d, device="cpu")[0].state_dict() for d in member_dirs]
+    model, feature_extractor = load_model(member_dirs[0], device="cpu")  # the soup's shape, config and tokens
+    states = [model.state_dict()] + [load_model(d, device="cpu")[0].state_dict() for d in member_dirs[1:]]
     mean = {key: torch.stack([s[key] for s in states]).mean(0) if value.is_floating_point() else value
-            for key, value in states[0].items()}
+            for key, value in states[0].items()}  # integer buffers (none trained) are member 0's
     model.load_state_dict(mean)
     save_checkpoint(model, feature_extractor, out)
     recipe.write_text(json.dumps({"members": names}, indent=1) + "\n")  # written last: the soup is complete

@@ -184,7 +184,7 @@ def run(args) -> None:
         folder, seed, name = _parse_run(pair)
         for variant, member in itertools.product(args.variants, args.members):
             path = RESULTS / f"{name}-{member_tag(variant, member)}.json"
-            earlier = _earlier_result(path, folder)
+            earlier = _earlier_result(path, folder, draw[0] if draw else folder)
             if earlier and not args.rescore:
                 print(f"[stage3] {path.name} exists: skipped", flush=True)
                 continue
@@ -208,14 +208,20 @@ def _parse_run(pair: str, option: str = "--runs") -> tuple[Path, int, str]:
     return Path(parts[0]).resolve(), int(parts[1]), name
 
 
-def _earlier_result(path: Path, folder: Path) -> dict:
-    """The result already under this name ({} if none); it must come from the same run folder (else the
-    name is taken by another run, and measuring would overwrite its result)."""
+def _earlier_result(path: Path, folder: Path, draw_folder: Path | None = None) -> dict:
+    """The result already under this name ({} if none); it must come from the same run folder fine-tuned on
+    the same run's stars (``draw_folder``, default the run's own; else the name is taken by another
+    measurement, and skipping or overwriting it would be wrong)."""
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
     if earlier["run"] != _run_label(folder):
         raise SystemExit(f"{path} holds run {earlier['run']!r}, not {_run_label(folder)!r}: "
+                         "name this run with folder:seed:name")
+    drawn = _run_label(draw_folder or folder)
+    if earlier.get("draw_run", earlier["run"]) != drawn:  # results from before --draw: the run's own stars
+        raise SystemExit(f"{path} holds run {earlier['run']!r} on the stars of "
+                         f"{earlier.get('draw_run', earlier['run'])!r}, not of {drawn!r}: "
                          "name this run with folder:seed:name")
     return earlier
 

@@ -164,6 +164,10 @@ def test_stage3_variant_runs_are_named_and_a_taken_name_is_refused(tmp_path, mon
     with pytest.raises(SystemExit, match="holds run 'runs/quickstart_s6', not 'runs/other'"):
         stage3_variants._earlier_result(result, tmp_path / "runs" / "other")
     assert stage3_variants._earlier_result(tmp_path / "none.json", tmp_path / "runs" / "other") == {}
+    own = tmp_path / "runs" / "quickstart_s6"
+    assert stage3_variants._earlier_result(result, own, own) == {"run": "runs/quickstart_s6"}  # its own stars
+    with pytest.raises(SystemExit, match="on the stars of 'runs/quickstart_s6', not of 'runs/s7'"):
+        stage3_variants._earlier_result(result, own, tmp_path / "runs" / "s7")  # a --draw under a used name
 
 
 def _models_with_baselines(**rmse) -> dict:
