@@ -113,8 +113,8 @@ def combine(run_dir: Path, seed: int, variant: str, name: str, members: list[int
     soup_dir = soup(dirs, RUNS / name / f"{variant}-soup{len(members)}")
     val, test = predictions(soup_dir)
     row["soup"] = _scores(val[0], test, data, baselines)
-    row["soup"]["validation_attention"] = stage3_variants._enrichment(soup_dir, data.stage3_val, config.attention)
-    row["soup"]["test_attention"] = stage3_variants._enrichment(soup_dir, data.test_fe, config.attention)
+    row["soup"]["validation_attention"] = stage3_variants.fe_enrichment(soup_dir, data.stage3_val, config.attention)
+    row["soup"]["test_attention"] = stage3_variants.fe_enrichment(soup_dir, data.test_fe, config.attention)
     return row
 
 

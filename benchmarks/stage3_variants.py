@@ -85,7 +85,10 @@ def _augmented_once(stars, seed: int):
     return out
 
 
-def _enrichment(model_dir: Path, stars, options) -> dict:
+def fe_enrichment(model_dir: Path, stars, options) -> dict:
+    """[Fe/H]-query attention enrichment on Fe lines of stage folder ``model_dir`` over the first
+    :data:`N_ATTENTION` of ``stars`` (a Fe-window ``WindowData``), with its shuffled control:
+    ``{"enrichment": E, "control": C}`` (the pipeline's check wants E > 1.5 and E > C)."""
     from spectrafm_hf.data.arrays import subset
     from spectrafm_hf.training.attention import analyse_model
 
@@ -155,10 +158,10 @@ def measure(run_dir: Path, seed: int, variant: str, name: str, member: int = 0,
         "best_step": result.best_step, "last_step": result.last_step,
         "train_seconds": None if result.skipped else round(seconds, 1),  # None: trained by an earlier call
         "validation_iron_rich": rmse(val, data.stage3_val.labels["FE_H"]),
-        "validation_attention": _enrichment(out, data.stage3_val, config.attention),
+        "validation_attention": fe_enrichment(out, data.stage3_val, config.attention),
         "test_iron_rich": test_rich,
         "test_iron_poor": test_poor,
-        "test_attention": _enrichment(out, data.test_fe, config.attention),
+        "test_attention": fe_enrichment(out, data.test_fe, config.attention),
         "test_bins": gap_bins(test, data.true_feh),  # RMSE and bias: iron-rich, −1.5…−1, below −1.5
         # against the run's own baselines (same 100 stars, same test stars), as the scaling study and seeds
         "baselines": {"best_iron_rich": min(b["iron_rich_rmse"] for b in baselines.values()),
