@@ -61,6 +61,10 @@ VARIANTS = {
     # the rehearsal stars (clean synthetic spectra, half of every batch) with one fixed draw of stage 1's
     # observed-like imperfections, so they look like the observed stars they are trained beside
     "context512_rehearsal_aug": {"spec": {"context_length": 512}, "rehearsal_augment": True},
+    # stage 2's learning rate (the paper's stage 3 takes stage 2's settings): a gentler fine-tune
+    "lr3e-4": {"loop": {"learning_rate": 3e-4}},
+    # twice the synthetic rehearsal stars (all [Fe/H], where the molecular bands fade but Fe lines stay)
+    "rehearsal64": {"spec": {"rehearsal": 64}},
 }
 
 
