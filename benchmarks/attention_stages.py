@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 # same folder: the enrichment as stage3_variants measures it (first 200 stars, the pipeline's options)
-from stage3_variants import CONFIG, fe_enrichment
+from stage3_variants import CONFIG, N_ATTENTION, fe_enrichment
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results" / "attention_stages"
@@ -52,7 +52,9 @@ def _test_check(run_dir: Path) -> dict | None:
     checks = json.loads(metrics.read_text()).get("acceptance", {})
     value = checks.get("FE_H attention enrichment on Fe lines", {}).get("value")
     margin = checks.get("FE_H enrichment above its shuffled control", {}).get("value")
-    return None if value is None else {"enrichment": value, "control": value - margin}
+    if value is None or margin is None:
+        return None
+    return {"enrichment": value, "control": value - margin}
 
 
 def measure(run_dir: Path, name: str, data, options) -> dict:
@@ -61,8 +63,8 @@ def measure(run_dir: Path, name: str, data, options) -> dict:
     if missing:
         raise SystemExit(f"{run_dir} has no finished {', '.join(missing)}; give a finished pipeline run folder")
     stages = {stage: fe_enrichment(run_dir / stage, data.stage3_val, options) for stage in STAGES}
-    return {"run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
-            "name": name, "n_stars": min(len(data.stage3_val), 200), "stars": "iron-rich validation",
+    return {"run": _relative(run_dir), "name": name, "n_stars": min(len(data.stage3_val), N_ATTENTION),
+            "stars": "iron-rich validation",
             "validation": stages, "test_stage3_check": _test_check(run_dir)}
 
 

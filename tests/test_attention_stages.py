@@ -38,6 +38,9 @@ def test_the_runs_own_check_is_read_back_with_its_control(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"acceptance": acceptance}))
     check = attention_stages._test_check(tmp_path)
     assert check["enrichment"] == 1.36 and check["control"] == pytest.approx(1.32)
+    del acceptance["FE_H enrichment above its shuffled control"]  # an older run without the control check
+    (tmp_path / "metrics.json").write_text(json.dumps({"acceptance": acceptance}))
+    assert attention_stages._test_check(tmp_path) is None
 
 
 def test_an_unfinished_stage_is_named_before_any_model_is_loaded(tmp_path):
