@@ -454,6 +454,7 @@ def run_convert_original(args) -> int:
         data_kind="unknown",
         wavelength_range_A=(float(wavelength.min()), float(wavelength.max())),
         n_pixels=len(ckpt.pixel_index),
+        context_length=model.config.context_length,
         source=str(Path(args.src_dir).resolve()),
         extra_tags=["converted-original"],
     )

@@ -292,6 +292,9 @@ def test_converted_folder_is_a_complete_checkpoint_with_card(converted):
     card = ModelCard.load(converted / "README.md")
     assert "converted-original" in card.data.tags and "model-index" not in str(card)
     assert "15000–17000 Å" in card.text
+    # the original's nn_config context length, not "not recorded"
+    context = json.loads((converted / "config.json").read_text())["context_length"]
+    assert f"{context} pixels per star per training step" in card.text and "not recorded" not in card.text
     fe_config = json.loads((converted / "preprocessor_config.json").read_text())
     assert len(fe_config["pixel_statistics"]["wavelength"]) == N_PIXELS
     config = json.loads((converted / "config.json").read_text())
