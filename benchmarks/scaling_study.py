@@ -300,12 +300,12 @@ def table(results: list[dict]) -> str:
               "val. iron-rich | Fe enrichment (control) | stage 2 Teff / logg / [Fe/H] / [Mg/Fe] / [O/Fe] |\n"
               "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = []
-    for r in sorted(results, key=lambda r: (r["prior"], r.get("precision", "no"), _context(r), _augmented(r), r["d"],
+    for r in sorted(results, key=lambda r: (r["prior"], r["precision"], r["context"], r["augment"], r["d"],
                                             r["minutes"], r["seed"])):
         s2 = r["stage2_rmse"]
-        bf16 = " (bf16)" if r.get("precision", "no") != "no" else ""
-        context = "" if _context(r) == DEFAULT_CONTEXT else f", context {_context(r)}"
-        context += ", augmented stage 1" if _augmented(r) else ""
+        bf16 = " (bf16)" if r["precision"] != "no" else ""
+        context = "" if r["context"] == DEFAULT_CONTEXT else f", context {r['context']}"
+        context += ", augmented stage 1" if r["augment"] else ""
         rows.append(f"| {r['d']}{bf16}{context} | {r['minutes']:g} | {r['steps']} | "
                     f"{r['prior']} ({r['n_metal_poor_synthetic']:,}) | "
                     f"{r['seed']} | {r['stage3']['iron_rich_rmse']:.3f} | {r['stage3']['iron_poor_rmse']:.3f} | "
@@ -333,14 +333,14 @@ def figure(results: list[dict], path: Path) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 6.2))
-    default = [r for r in results if r["prior"] == "wide" and r.get("precision", "no") == "no"]
-    curves = sorted({(r["d"], _context(r), _augmented(r)) for r in default})
+    default = [r for r in results if r["prior"] == "wide" and r["precision"] == "no"]
+    curves = sorted({(r["d"], r["context"], r["augment"]) for r in default})
     goals = {"iron_rich_rmse": (GOAL_RICH, "goal: 0.9 × best baseline"),
              "iron_poor_rmse": (GOAL_POOR, "goal: 0.25 × scratch MLP")}
     for ax, key, title in ((axes[0], "iron_rich_rmse", "iron-rich test stars ([Fe/H] ≥ −1)"),
                            (axes[1], "iron_poor_rmse", "iron-poor test stars ([Fe/H] < −1)")):
         for colour, (d, context, augmented) in zip(("C0", "C1", "C2", "C4", "C5", "C6"), curves):
-            runs = [r for r in default if r["d"] == d and _context(r) == context and _augmented(r) == augmented]
+            runs = [r for r in default if r["d"] == d and r["context"] == context and r["augment"] == augmented]
             budgets = sorted({r["minutes"] for r in runs})
             ax.plot(budgets, [_mean(r["stage3"][key] for r in runs if r["minutes"] == m) for m in budgets], "-",
                     color=colour, label=f"SpectraFM stage 3, d = {d}, context {context}"
@@ -372,8 +372,8 @@ def figure(results: list[dict], path: Path) -> None:
         ax.set_ylabel("[Fe/H] RMSE (dex)")
         ax.set_title(title)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: the curves fill the panel
-    by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r.get("precision", "no") == "no"
-                and _context(r) == DEFAULT_CONTEXT and not _augmented(r)]
+    by_prior = [r for r in results if r["d"] == 64 and r["minutes"] == 10 and r["precision"] == "no"
+                and r["context"] == DEFAULT_CONTEXT and not r["augment"]]
     counts = sorted({r["n_metal_poor_synthetic"] for r in by_prior})
     series = (("iron_poor_rmse", "C3", "iron-poor stars"), ("iron_rich_rmse", "C0", "iron-rich stars"))
     for key, colour, label in series:
@@ -406,8 +406,8 @@ def rich_fit(results: list[dict], d: int = 64, prior: str = "wide") -> dict | No
     flattens (as such curves do near a noise floor) would put the goal further away, never closer.
     Returns slope and its 1σ error (dex per doubling), intercept (at 1 minute), goal (dex), the runs.
     """
-    runs = [r for r in results if r["d"] == d and r["prior"] == prior and r.get("precision", "no") == "no"
-            and _context(r) == DEFAULT_CONTEXT and not _augmented(r)]
+    runs = [r for r in results if r["d"] == d and r["prior"] == prior and r["precision"] == "no"
+            and r["context"] == DEFAULT_CONTEXT and not r["augment"]]
     minutes = np.array([r["minutes"] for r in runs], float)
     if len(set(minutes)) < 3:
         return None
@@ -443,16 +443,6 @@ def budget_to_goal(results: list[dict], d: int = 64, prior: str = "wide") -> str
     return text + (f"is met after ≈ {hours[0]:.1f} h of one core (slope ± 1σ: {hours[1]:.1f}–{hours[2]:.1f} h), "
                    f"an extrapolation beyond the {minutes.max():g} minutes measured, whose last step "
                    f"({budgets[-2]:g} → {budgets[-1]:g} min) changed the RMSE by {mean_at[1] - mean_at[0]:+.4f} dex.")
-
-
-def _context(result: dict) -> int:
-    """A point's context (points from before the knob ran at the quickstart's)."""
-    return result.get("context", DEFAULT_CONTEXT)
-
-
-def _augmented(result: dict) -> bool:
-    """Whether a point's stage 1 read augmented spectra (points from before the knob read clean ones)."""
-    return bool(result.get("augment", False))
 
 
 def _mean(values) -> float:

@@ -293,7 +293,7 @@ def budget_rows() -> list[dict]:
             continue  # fine-tuned on another run's stars (--draw): not this run's point
         narrow = json.loads(point.read_text())
         rows.append({"minutes": narrow["minutes"], "steps": narrow["steps"], "seed": narrow["seed"],
-                     "augment": narrow.get("augment", False),  # points from before the knob: clean
+                     "augment": narrow["augment"],
                      "context128": narrow["ratios"], "context512": wide["ratios"],
                      "enrichment512": wide["test_attention"]["enrichment"],
                      "control512": wide["test_attention"]["control"]})

@@ -19,7 +19,7 @@ import stage3_variants  # noqa: E402
 def point(minutes, rich, poor=0.2, seed=0, best_rich=0.1, mlp_poor=0.8, d=64, prior="wide"):
     """A result JSON as ``scaling_study.summarise`` writes it, with only the fields the tables read."""
     return {"d": d, "prior": prior, "minutes": minutes, "seed": seed, "steps": int(minutes * 175),
-            "n_metal_poor_synthetic": 2630,
+            "precision": "no", "context": 128, "augment": False, "n_metal_poor_synthetic": 2630,
             "stage3": {"iron_rich_rmse": rich, "iron_poor_rmse": poor, "validation_iron_rich_rmse": rich,
                        "coverage_68": 0.68},
             "baselines": {"scratch_mlp": {"iron_rich_rmse": best_rich, "iron_poor_rmse": mlp_poor},
