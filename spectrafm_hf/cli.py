@@ -87,16 +87,17 @@ def _add_predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="spectra: a dataset folder (save_to_disk), .parquet, .npz, .csv, FITS table, an aspcapStar/"
                         "apStar file, or a folder or quoted glob of them (unreadable files are skipped)")
     p.add_argument("--split", default=None, help="dataset folders: the split to read (default: all splits)")
-    p.add_argument("--request", action="append", required=True, metavar="LABEL",
-                   help="label to predict (repeatable), e.g. --request FE_H --request TEFF")
+    # "extend": `--request FE_H TEFF` and `--request FE_H --request TEFF` mean the same (users type both)
+    p.add_argument("--request", action="extend", nargs="+", required=True, metavar="LABEL",
+                   help="labels to predict, e.g. --request FE_H TEFF (or --request FE_H --request TEFF)")
     p.add_argument("--output", required=True,
                    help="output table; format by extension: .parquet (recommended), .csv, .ecsv, .fits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--inputs", action="append", default=None, metavar="COLUMN",
-                   help="named scalar input the model reads (repeatable); default: the input's columns the model "
+    p.add_argument("--inputs", action="extend", nargs="+", default=None, metavar="COLUMN",
+                   help="named scalar inputs the model reads; default: the input's columns the model "
                         "knows, never labels or TRUE_* columns")
-    p.add_argument("--keep", action="append", default=[], metavar="COLUMN",
-                   help="input column carried into the output (repeatable), e.g. --keep RA --keep DEC")
+    p.add_argument("--keep", action="extend", nargs="+", default=[], metavar="COLUMN",
+                   help="input columns carried into the output, e.g. --keep RA DEC")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute precision: bfloat16 = bf16 autocast (faster; needs bf16 hardware)")
     p.add_argument("--shard-size", type=int, default=1024,

@@ -45,3 +45,16 @@ def test_bad_bits_parser():
         _parse_bits("low")
     with pytest.raises(ValueError, match="0..31"):
         _parse_bits("40")
+
+
+def test_predict_list_options_take_one_or_many_values_per_flag():
+    """--request / --inputs / --keep: ``--keep RA DEC`` is ``--keep RA --keep DEC`` (argparse "extend")."""
+    common = ["predict", "--model", "m", "--input", "i.npz", "--output", "o.csv"]
+    many = build_parser().parse_args(common + ["--request", "FE_H", "TEFF", "--keep", "RA", "DEC",
+                                               "--inputs", "SNR", "GAIA_G"])
+    repeated = build_parser().parse_args(common + ["--request", "FE_H", "--request", "TEFF", "--keep", "RA",
+                                                   "--keep", "DEC", "--inputs", "SNR", "--inputs", "GAIA_G"])
+    for name, expected in (("request", ["FE_H", "TEFF"]), ("keep", ["RA", "DEC"]), ("inputs", ["SNR", "GAIA_G"])):
+        assert getattr(many, name) == getattr(repeated, name) == expected
+    defaults = build_parser().parse_args(common + ["--request", "FE_H"])
+    assert defaults.keep == [] and defaults.inputs is None  # "not given" stays distinguishable from a list

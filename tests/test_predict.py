@@ -63,6 +63,23 @@ def test_cli_writes_csv_in_request_order(checkpoint, toy, tmp_path, capsys):
     assert np.all((teff > 1000) & (teff < 20000))
 
 
+@pytest.mark.parametrize("spelling", [["FE_H", "TEFF"], ["FE_H,TEFF"], ["FE_H, TEFF,"]])
+def test_cli_request_takes_several_labels_in_one_option(checkpoint, toy, tmp_path, spelling):
+    """``--request FE_H TEFF`` and ``--request FE_H,TEFF`` write what ``--request FE_H --request TEFF``
+    writes (users type all three; the first used to stop at "unrecognized arguments: TEFF")."""
+    npz = tmp_path / "spectra.npz"
+    np.savez(npz, wavelength=toy["wavelength"], flux=toy["flux"][:3], mask=toy["mask"][:3])
+    outputs = {}
+    for name, request in (("repeated", ["--request", "FE_H", "--request", "TEFF"]),
+                          ("one option", ["--request", *spelling])):
+        out = tmp_path / f"{name}.csv"
+        assert main(["predict", "--model", str(checkpoint), "--input", str(npz), *request,
+                     "--output", str(out), "--device", "cpu", "--no-progress"]) == 0
+        outputs[name] = out.read_text()
+    assert outputs["one option"] == outputs["repeated"]
+    assert outputs["repeated"].splitlines()[0].startswith("id,FE_H,FE_H_err,TEFF,TEFF_err")
+
+
 def test_cli_bad_input_is_a_one_line_error(checkpoint, toy, tmp_path, capsys):
     npz = tmp_path / "microns.npz"
     np.savez(npz, wavelength=toy["wavelength"] / 1e4, flux=toy["flux"][:2])

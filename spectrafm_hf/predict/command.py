@@ -16,6 +16,14 @@ from .catalogue import CatalogueOptions, predict_catalogue, print_note
 from .output import output_format
 
 
+def column_names(values) -> list[str] | None:
+    """``--request FE_H,TEFF`` as ``--request FE_H TEFF``: names split on commas (as ``spectrafm finetune
+    --labels`` takes them), blanks dropped; ``None`` stays ``None`` (the option was not given)."""
+    if values is None:
+        return None
+    return [name.strip() for value in values for name in str(value).split(",") if name.strip()]
+
+
 def run_predict(args) -> int:
     """``spectrafm predict --model DIR --input PATH --request FE_H [...] --output OUT.parquet``.
 
@@ -33,10 +41,10 @@ def run_predict(args) -> int:
         if not reuse_large_allocations(True):
             print_note("note: --cpu-heap-reuse needs Linux with glibc; the default allocator is used")
     options = CatalogueOptions(
-        request=list(args.request), batch_size=args.batch_size, context=args.context,
+        request=column_names(args.request), batch_size=args.batch_size, context=args.context,
         pixels="all" if getattr(args, "all_pixels", False) else "window",
-        dtype=getattr(args, "dtype", "float32"), inputs=getattr(args, "inputs", None),
-        keep=list(getattr(args, "keep", None) or []), split=getattr(args, "split", None),
+        dtype=getattr(args, "dtype", "float32"), inputs=column_names(getattr(args, "inputs", None)),
+        keep=column_names(getattr(args, "keep", None)) or [], split=getattr(args, "split", None),
         shard_size=getattr(args, "shard_size", 1024), progress=not getattr(args, "no_progress", False),
     )
     result = predict_catalogue(model, feature_extractor, source, args.output, options, device=args.device,
