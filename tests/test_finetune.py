@@ -124,6 +124,22 @@ def test_bad_input_fails_in_one_line_before_any_training(base, tmp_path, capsys,
     assert (out / "notes.txt").read_text() == "mine" if change.get("foreign_out") else not out.exists()
 
 
+@pytest.mark.parametrize("spelling", [["FE_H", "TEFF"], ["FE_H,TEFF"], ["FE_H,", "TEFF=TEFF"]])
+def test_labels_take_spaces_or_commas(base, tmp_path, spelling):
+    """``--labels FE_H TEFF`` plans what ``--labels FE_H,TEFF`` plans (it used to stop at "unrecognized
+    arguments: TEFF")."""
+    from spectrafm_hf.cli import build_parser
+    from spectrafm_hf.training.finetune import plan_finetune
+
+    train = _npz(tmp_path / "train.npz", toy_data(10, 2, (-1.0, 0.4)))
+    validation = _npz(tmp_path / "validation.npz", toy_data(6, 3, (-1.0, 0.4)))
+    args = build_parser().parse_args(["finetune", "--model", str(base), "--train", train, "--validation", validation,
+                                      "--labels", *spelling, "--out", str(tmp_path / "out")])
+    plan = plan_finetune(args)
+    assert plan.labels == {"FE_H": "FE_H", "TEFF": "TEFF"}
+    assert plan.settings["labels"] == plan.labels and not (tmp_path / "out").exists()  # planning writes nothing
+
+
 def _tiny_model_and_stars(base):
     model, feature_extractor = load_model(base, device="cpu")
     stars = cut(toy_data(11, 7), FE)

@@ -52,8 +52,9 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id to start from (e.g. a stage 2)")
     p.add_argument("--train", required=True, help="training stars: dataset folder, Parquet/FITS/npz/CSV table, or "
                    "aspcapStar/apStar files (folder or quoted glob)")
-    p.add_argument("--labels", required=True,
-                   help="labels to fine-tune, comma-separated; LABEL=COLUMN when the column has another name")
+    p.add_argument("--labels", required=True, nargs="+",
+                   help="labels to fine-tune, comma- or space-separated (FE_H,TEFF or FE_H TEFF); LABEL=COLUMN "
+                        "when the column has another name")
     p.add_argument("--out", required=True, help="output folder (the fine-tuned checkpoint and its evaluation)")
     p.add_argument("--validation", default=None, help="validation stars for model selection (same formats)")
     p.add_argument("--validation-fraction", type=float, default=DEFAULTS["validation_fraction"],
@@ -304,7 +305,7 @@ def plan_finetune(args) -> FinetunePlan:
         raise ValueError(f"--rehearsal must be ≥ 0, got {args.rehearsal}")
     base = resolve_model(args.model)
     model, feature_extractor = load_model(base, device="cpu")
-    labels = parse_labels(args.labels, feature_extractor)
+    labels = parse_labels(",".join(args.labels), feature_extractor)  # FE_H TEFF = FE_H,TEFF
     freeze = parse_freeze(args.freeze, model)
     window = check_window(args.window, feature_extractor)
     spec = _stage_spec(args, list(labels), model, freeze)
