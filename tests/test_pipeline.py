@@ -192,6 +192,31 @@ def test_rerun_with_a_different_config_names_the_differing_keys_and_trains_nothi
     assert after == before  # nothing retrained, rewritten or deleted
 
 
+def test_a_run_folder_of_other_settings_is_refused_before_any_data_is_made(tiny_run, tmp_path, monkeypatch):
+    """Pointing --out at a run of another recipe costs seconds: the settings recorded in its stage
+    folders are compared before data is simulated or read (the data cache stays untouched)."""
+    import spectrafm_hf.pipeline.data as pipeline_data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the stage folders were checked")
+
+    monkeypatch.setattr(pipeline_data, "load_data", no_data)
+    path, out = tiny_run
+    config = yaml.safe_load(path.read_text())
+    config["data"]["cache_dir"] = str(tmp_path / "cache")
+    for stage, key, pattern in (("stage1", "max_steps", r"stage1 .*loop\.max_steps"),
+                                ("stage3", "learning_rate", r"stage3 .*learning_rate")):
+        changed = yaml.safe_load(yaml.safe_dump(config))
+        changed[stage][key] = changed[stage][key] * 2
+        changed_path = tmp_path / f"{stage}.yaml"
+        changed_path.write_text(yaml.safe_dump(changed))
+        with pytest.raises(ValueError, match=pattern):
+            run_pipeline(SimpleNamespace(config=str(changed_path), out=str(out), seed=None, stage3_trainer=None))
+    with pytest.raises(ValueError, match=r"stage1 .*seed: 0 → 3"):
+        run_pipeline(SimpleNamespace(config=str(path), out=str(out), seed=3, stage3_trainer=None))
+    assert not (tmp_path / "cache").exists()
+
+
 def test_pipeline_out_must_be_a_spectrafm_folder(tiny_run, tmp_path, monkeypatch):
     from spectrafm_hf.output_guard import UnsafeOutputError
 

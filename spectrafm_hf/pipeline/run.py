@@ -34,7 +34,7 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
         test_set_summary,
         write_outputs,
     )
-    from .train import fit_baselines, train_scratch_transformer, train_stages
+    from .train import check_stage_folders, fit_baselines, train_scratch_transformer, train_stages
 
     if stop_after not in (None, *STOP_AFTER):
         raise ValueError(f"stop_after must be stage1, stage2 or stage3, got {stop_after!r}")
@@ -42,6 +42,7 @@ def run_pipeline(args, stop_after: str | None = None) -> int:
                          stage3_trainer=getattr(args, "stage3_trainer", None) or None)
     open_work_folder(args.out, kind="run")  # never a folder that spectrafm did not write
     out = Path(args.out)  # as given: paths in cards and metrics stay relative
+    check_stage_folders(config, out, stop_after)  # seconds, not the minutes of simulating data, for a wrong --out
     if config.torch_threads:
         import torch
 

@@ -34,6 +34,26 @@ N_STAGE_VALIDATION = 256
 STAGE_ORDER = ("stage1", "stage2", "stage3")
 
 
+def check_stage_folders(config: PipelineConfig, out: Path, stop_after: str | None = None) -> None:
+    """Refuse, before any data is simulated or read, a run folder whose stage folders (those this run
+    trains: up to ``stop_after``) were trained with other settings (recipe, seed, trainer, model). The
+    full check (:func:`run_stage`: data hashes and starting weights too) comes later; this one saves the
+    minutes of data loading a wrong ``--out`` would cost."""
+    from ..training.stages import check_stage_reuse, stage_settings
+
+    fresh = dict(config.model)
+    folders = [("stage1", config.stage1, fresh, "accelerate"), ("stage2", config.stage2, None, "accelerate"),
+               ("stage3", config.stage3.spec, None, config.stage3_trainer)]
+    if stop_after is not None:
+        folders = folders[:STAGE_ORDER.index(stop_after) + 1]
+    if config.stage3.from_stage1 and stop_after is None:
+        folders.append(("stage3_from_stage1", config.stage3.spec, None, "accelerate"))
+    if config.baselines.scratch_transformer is not None and stop_after is None:
+        folders.append(("scratch_transformer", config.baselines.scratch_transformer, fresh, "accelerate"))
+    for name, spec, model_config, trainer in folders:
+        check_stage_reuse(out / name, stage_settings(spec, config.seed, model_config, trainer), partial=True)
+
+
 def train_stages(config: PipelineConfig, data: PipelineData, out: Path, timer: Timer,
                  stop_after: str | None = None) -> dict[str, StageResult]:
     """Train stage 1, 2, 3 (and stage 3 from stage 1 when configured) in order; stop after

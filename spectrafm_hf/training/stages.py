@@ -367,14 +367,23 @@ def stage_provenance(spec: StageSpec, train_data: WindowData, validation: Window
     The recipe, the seed, the fresh model's config or the exact weights it starts from, and hashes of
     its training, validation and rehearsal stars. Two calls with equal provenance train the same model.
     """
+    return {
+        **stage_settings(spec, seed, model_config if init is None else None, trainer),
+        "init_weights": _weights_digest(Path(init)) if init is not None else None,
+        "data": {"train": train_data.fingerprint(), "validation": validation.fingerprint(),
+                 "rehearsal": rehearsal.fingerprint() if rehearsal is not None else None},
+    }
+
+
+def stage_settings(spec: StageSpec, seed: int, model_config: Mapping | None = None,
+                   trainer: str = "accelerate") -> dict:
+    """The part of :func:`stage_provenance` known before any data is read: trainer, recipe, seed and
+    (for a fresh model) its config. :func:`check_stage_reuse` with ``partial=True`` compares just these."""
     return json.loads(json.dumps({
         "trainer": trainer,
         "spec": asdict(spec),
         "seed": int(seed),
-        "model_config": dict(model_config) if init is None and model_config is not None else None,
-        "init_weights": _weights_digest(Path(init)) if init is not None else None,
-        "data": {"train": train_data.fingerprint(), "validation": validation.fingerprint(),
-                 "rehearsal": rehearsal.fingerprint() if rehearsal is not None else None},
+        "model_config": dict(model_config) if model_config is not None else None,
     }, default=str))
 
 
@@ -401,12 +410,13 @@ def _differences(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
 
 
-def check_stage_reuse(out_dir: Path, provenance: Mapping | None) -> None:
+def check_stage_reuse(out_dir: Path, provenance: Mapping | None, partial: bool = False) -> None:
     """Refuse to reuse or resume a stage folder made with anything other than ``provenance``.
 
     A finished stage (``stage_complete.json``) is reused and an interrupted one (``state/``) resumed
     only if its recorded ``stage_config.json`` equals ``provenance``; otherwise the error names every
     differing setting. A folder from before this record existed cannot be checked and is refused.
+    ``partial``: compare only the keys ``provenance`` has (:func:`stage_settings`, before data is read).
     """
     if provenance is None:
         return
@@ -414,7 +424,10 @@ def check_stage_reuse(out_dir: Path, provenance: Mapping | None) -> None:
     recorded = out_dir / STAGE_CONFIG
     has_work = any((out_dir / name).exists() for name in (COMPLETE_MARKER, "state", "trainer"))
     if recorded.exists():
-        differences = _differences(json.loads(recorded.read_text(encoding="utf-8")), dict(provenance))
+        old = json.loads(recorded.read_text(encoding="utf-8"))
+        if partial:
+            old = {key: old.get(key) for key in provenance}
+        differences = _differences(old, dict(provenance))
         if differences:
             shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
             raise ValueError(f"{out_dir} was trained with other settings or data than this run ({shown}); "
