@@ -245,7 +245,10 @@ def _first_line(err: BaseException) -> str:
 def _check_local_folder(folder: Path) -> None:
     """Name the missing file of a local checkpoint folder (transformers' messages talk about the Hub)."""
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: not a SpectraFM checkpoint folder")
+        # a pipeline run or a publish folder holds checkpoints one level down: name them
+        inside = sorted(child.name for child in folder.iterdir() if (child / "config.json").is_file())
+        hint = f"; the checkpoints inside it: {', '.join(str(folder / name) for name in inside)}" if inside else ""
+        raise FileNotFoundError(f"{folder} has no config.json: not a SpectraFM checkpoint folder{hint}")
     if not (folder / "model.safetensors").is_file():
         pickled = [name for name in ("pytorch_model.bin", "model.pt", "weights.pt") if (folder / name).exists()]
         hint = (f" (it holds {', '.join(pickled)}: pickled weights are never loaded; an original SpectraFM "

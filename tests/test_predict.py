@@ -47,6 +47,21 @@ def test_load_model_refuses_pickle_only_checkpoints(checkpoint, tiny_model):
         load_model(checkpoint)
 
 
+def test_load_model_on_a_run_folder_names_the_checkpoints_inside(checkpoint, tmp_path):
+    """``--model runs/quickstart`` (the run, not its stage) is a tired user's first try: name the stages."""
+    import shutil
+
+    run = tmp_path / "run"
+    for stage in ("stage3", "stage1"):
+        shutil.copytree(checkpoint, run / stage)
+    (run / "figures").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"not a SpectraFM checkpoint folder; the checkpoints inside it: "
+                                                r".*run/stage1, .*run/stage3$"):
+        load_model(run)
+    with pytest.raises(FileNotFoundError, match=r"not a SpectraFM checkpoint folder$"):
+        load_model(run / "figures")
+
+
 def test_cli_writes_csv_in_request_order(checkpoint, toy, tmp_path, capsys):
     npz = tmp_path / "spectra.npz"
     np.savez(npz, wavelength=toy["wavelength"], flux=toy["flux"][:5], mask=toy["mask"][:5])
