@@ -249,8 +249,19 @@ def test_build_refuses_folder_without_usable_files(tmp_path):
         apogee.build_apogee_dataset(folder, tmp_path / "mine", progress=False)
     assert (tmp_path / "mine.bad_files.json").read_text() == "my notes"
     assert json.loads((tmp_path / "mine.bad_files.1.json").read_text())["n_bad"] == 1
-    with pytest.raises(ValueError, match=r"no apStar-\*.fits files"):
+    # the other kind of file is named, with the --kind that reads it
+    with pytest.raises(ValueError, match=r"no apStar-\*.fits files.*holds 1 aspcapStar-\*.fits files: use --kind "
+                                         r"aspcap-observed"):
         apogee.build_apogee_dataset(folder, tmp_path / "o", kind="apstar", progress=False)
+    apstars, empty = tmp_path / "apstars", tmp_path / "empty"
+    apstars.mkdir()
+    empty.mkdir()
+    write_apstar(apstars / "apStar-dr17-2M1+2.fits", *_apstar_arrays())
+    with pytest.raises(ValueError, match=r"no aspcapStar-\*.fits files.*holds 1 apStar-\*.fits files: use --kind apstar"):
+        apogee.build_apogee_dataset(apstars, tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match=r"no apStar-\*.fits files under \S+ \(kind='apstar'\)$"):  # no hint
+        apogee.build_apogee_dataset(empty, tmp_path / "o", kind="apstar", progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------- paper array release

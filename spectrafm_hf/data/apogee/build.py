@@ -102,7 +102,10 @@ def _find_files(spectra_dir: Path, kind: str) -> list[Path]:
     prefix = "apStar" if kind == "apstar" else "aspcapStar"
     files = sorted(p for p in spectra_dir.rglob(f"{prefix}-*") if p.is_file() and FILE_NAME.match(p.name))
     if not files:
-        raise ValueError(f"no {prefix}-*.fits files under {spectra_dir} (kind={kind!r})")
+        other, other_kind = ("aspcapStar", "aspcap-observed") if kind == "apstar" else ("apStar", "apstar")
+        n_other = sum(1 for p in spectra_dir.rglob(f"{other}-*") if p.is_file() and FILE_NAME.match(p.name))
+        hint = f"; it holds {n_other} {other}-*.fits files: use --kind {other_kind}" if n_other else ""
+        raise ValueError(f"no {prefix}-*.fits files under {spectra_dir} (kind={kind!r}){hint}")
     return files
 
 
