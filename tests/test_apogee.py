@@ -257,7 +257,8 @@ def test_build_refuses_folder_without_usable_files(tmp_path):
     apstars.mkdir()
     empty.mkdir()
     write_apstar(apstars / "apStar-dr17-2M1+2.fits", *_apstar_arrays())
-    with pytest.raises(ValueError, match=r"no aspcapStar-\*.fits files.*holds 1 apStar-\*.fits files: use --kind apstar"):
+    with pytest.raises(ValueError, match=r"no aspcapStar-\*.fits files.*holds 1 apStar-\*.fits files: "
+                                         r"use --kind apstar"):
         apogee.build_apogee_dataset(apstars, tmp_path / "o", progress=False)
     with pytest.raises(ValueError, match=r"no apStar-\*.fits files under \S+ \(kind='apstar'\)$"):  # no hint
         apogee.build_apogee_dataset(empty, tmp_path / "o", kind="apstar", progress=False)
