@@ -242,13 +242,18 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def checkpoints_inside_hint(folder: Path) -> str:
+    """``"; the checkpoints inside it: RUN/stage1, RUN/stage2"`` for a folder (a pipeline run) that holds
+    checkpoints one level down, else ``""``: the fix to name when such a folder is given for a checkpoint."""
+    inside = sorted(child for child in Path(folder).iterdir() if (child / "config.json").is_file())
+    return f"; the checkpoints inside it: {', '.join(str(child) for child in inside)}" if inside else ""
+
+
 def _check_local_folder(folder: Path) -> None:
     """Name the missing file of a local checkpoint folder (transformers' messages talk about the Hub)."""
     if not (folder / "config.json").is_file():
-        # a pipeline run or a publish folder holds checkpoints one level down: name them
-        inside = sorted(child.name for child in folder.iterdir() if (child / "config.json").is_file())
-        hint = f"; the checkpoints inside it: {', '.join(str(folder / name) for name in inside)}" if inside else ""
-        raise FileNotFoundError(f"{folder} has no config.json: not a SpectraFM checkpoint folder{hint}")
+        raise FileNotFoundError(f"{folder} has no config.json: not a SpectraFM checkpoint folder"
+                                f"{checkpoints_inside_hint(folder)}")
     if not (folder / "model.safetensors").is_file():
         pickled = [name for name in ("pytorch_model.bin", "model.pt", "weights.pt") if (folder / name).exists()]
         hint = (f" (it holds {', '.join(pickled)}: pickled weights are never loaded; an original SpectraFM "

@@ -333,6 +333,10 @@ def test_dataset_dry_run_and_repo_type_checks(dataset_folder, make_folder, tmp_p
     (tmp_path / "neither").mkdir()
     (tmp_path / "neither" / "notes.txt").write_text("x")
     assert main(["publish", str(tmp_path / "neither"), "--repo-id", "org/x", "--dry-run"]) == 2
-    assert "neither a checkpoint folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "neither a checkpoint folder" in err and "inside it" not in err
+    make_folder(tmp_path / "neither" / "stage3")  # a pipeline run: the checkpoints one level down are named
+    assert main(["publish", str(tmp_path / "neither"), "--repo-id", "org/x", "--dry-run"]) == 2
+    assert f"the checkpoints inside it: {tmp_path / 'neither' / 'stage3'}" in capsys.readouterr().err
     with pytest.raises(ValueError, match="a dataset repo takes neither"):
         publish.run_publish(_args(dataset_folder, dry_run=True, base_model="org/parent"))

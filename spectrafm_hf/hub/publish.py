@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..checkpoints import MODEL_CODE_FILES, REQUIRED_AUTO_MAP_KEYS
+from ..checkpoints import MODEL_CODE_FILES, REQUIRED_AUTO_MAP_KEYS, checkpoints_inside_hint
 
 #: Files every publishable checkpoint must contain (weights are checked separately: single or sharded).
 REQUIRED_FILES = ("config.json", "preprocessor_config.json", "README.md", *MODEL_CODE_FILES)
@@ -174,7 +174,8 @@ def resolve_repo_type(folder: str | Path, requested: str = "auto") -> str:
     if requested == "auto":
         if found is None:
             raise ValueError(f"{root} is neither a checkpoint folder (config.json, weights) nor a dataset folder "
-                             "(dataset_dict.json of save_to_disk, or data/*.parquet); give one of those")
+                             "(dataset_dict.json of save_to_disk, or data/*.parquet); give one of those"
+                             f"{checkpoints_inside_hint(root)}")
         return found
     if found is not None and found != requested:
         raise ValueError(f"--repo-type {requested} but {root} is a {found} folder; use --repo-type {found} or auto")
