@@ -56,6 +56,22 @@ def _check_not_protected(raw: str | os.PathLike, resolved: Path, option: str) ->
         )
 
 
+#: Suffixes of the files users write and read tables in: a new FOLDER so named is a mistake
+#: (``spectrafm simulate --out stars.csv`` expecting a CSV gets a dataset folder named stars.csv).
+_FILE_SUFFIXES = (".csv", ".ecsv", ".parquet", ".fits", ".fit", ".fits.gz", ".npz", ".npy", ".h5", ".hdf5", ".json",
+                  ".yaml", ".yml", ".txt", ".safetensors")
+
+
+def _check_folder_name(raw: str | os.PathLike, resolved: Path, option: str) -> None:
+    """Refuse a NEW folder whose name reads as a file (``stars.csv``); an existing folder is left alone."""
+    name = resolved.name.lower()
+    suffix = next((s for s in _FILE_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+    if suffix is not None and not resolved.exists():
+        stem = str(raw)[: -len(suffix)]
+        raise ValueError(f"{option} {str(raw)!r} names a {suffix} file, but this command writes a folder; "
+                         f"give a folder name, e.g. {option} {stem}")
+
+
 def _check_not_an_input(raw: str | os.PathLike, resolved: Path, inputs: Iterable[str | os.PathLike],
                         option: str) -> None:
     """Refuse an output equal to an input, inside an input folder, or holding an input."""
@@ -117,6 +133,7 @@ def check_output_folder(path: str | os.PathLike, *, overwrite: bool = False,
     _check_not_an_input(path, resolved, inputs, option)
     if resolved.exists() and not resolved.is_dir():
         raise UnsafeOutputError(f"{option} {str(path)!r} is an existing file, not a folder; choose a new folder name")
+    _check_folder_name(path, resolved, option)
     if resolved.is_dir() and any(resolved.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{path} already exists and is not empty; pass --overwrite to replace it "
@@ -142,6 +159,7 @@ def open_work_folder(path: str | os.PathLike, *, kind: str, option: str = "--out
     _check_not_protected(path, resolved, option)
     if resolved.exists() and not resolved.is_dir():
         raise UnsafeOutputError(f"{option} {str(path)!r} is an existing file, not a folder; choose a new folder name")
+    _check_folder_name(path, resolved, option)
     if resolved.is_dir() and any(resolved.iterdir()) and not written_by_spectrafm(resolved):
         if not any(written_by_spectrafm(child) for child in resolved.iterdir() if child.is_dir()):
             raise UnsafeOutputError(

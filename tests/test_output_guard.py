@@ -176,6 +176,21 @@ def test_item2_simulate_refuses_unrelated_folder_and_file(user_folder, capsys):
     assert tree_hash(user_folder) == before
 
 
+def test_a_new_folder_named_like_a_file_is_refused_with_the_folder_name_to_use(user_folder, capsys):
+    """``simulate --out stars.csv`` expecting a CSV would get a dataset FOLDER named stars.csv: refused."""
+    before = tree_hash(user_folder)
+    rc = main(["simulate", "--universe", "synthetic", "--n", "5", "--out", "sims/stars.csv", "--no-progress"])
+    assert rc == 2
+    assert "'sims/stars.csv' names a .csv file, but this command writes a folder" in (err := one_line_error(capsys))
+    assert err.endswith("e.g. --out sims/stars")
+    with pytest.raises(ValueError, match="names a .fits.gz file"):
+        check_output_folder("x/spectra.FITS.gz")
+    assert tree_hash(user_folder) == before
+    (user_folder / "old.json").mkdir()  # an existing folder so named is the user's choice: not refused here
+    assert check_output_folder("old.json") == user_folder / "old.json"
+    assert check_output_folder("runs/v1.5") == user_folder / "runs" / "v1.5"  # dots alone are fine
+
+
 def test_item2_simulate_overwrite_replaces_its_own_dataset_only(user_folder, capsys):
     before = tree_hash(user_folder)
     args = ["simulate", "--universe", "synthetic", "--n", "4", "--out", "sim", "--no-progress"]
