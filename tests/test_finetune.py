@@ -50,7 +50,7 @@ def _finetune(base, out, train, validation, *extra):
                  "--no-progress", "--out", str(out), *extra])
 
 
-def test_finetune_cli_writes_a_checkpoint_with_card_and_the_pipelines_evaluation(base, tmp_path):
+def test_finetune_cli_writes_a_checkpoint_with_card_and_the_pipelines_evaluation(base, tmp_path, capsys):
     train_stars = toy_data(20, 2, (-1.0, 0.4))
     train_stars.labels["FE_H"][:4] = np.nan  # unknown labels: left out, never a target
     train = _npz(tmp_path / "train.npz", train_stars)
@@ -59,6 +59,8 @@ def test_finetune_cli_writes_a_checkpoint_with_card_and_the_pipelines_evaluation
     test = _npz(tmp_path / "test.npz", test_stars)
     out = tmp_path / "finetuned"
     assert _finetune(base, out, train, validation, "--test", test, "--data-kind", "simulated") == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[finetune] note:")]
+    assert len(notes) == 2 and "16 training star(s)" in notes[0] and "reads 8 validation star(s)" in notes[1]
 
     model, feature_extractor = load_model(out)  # complete: config, weights, preprocessor, code, card
     assert {"configuration_spectrafm.py", "modeling_spectrafm.py", "README.md", "metrics.json",
@@ -242,6 +244,15 @@ def test_rehearsal_on_the_trainer_path(base, tmp_path):
     assert result.last_step == 2
     recorded = json.loads((tmp_path / "stage3" / "stage_config.json").read_text())
     assert recorded["data"]["rehearsal"] == pool.fingerprint() and recorded["trainer"] == "transformers"
+
+
+def test_few_star_notes_name_each_small_set_only():
+    from spectrafm_hf.training.finetune import FEW_STARS, few_star_notes
+
+    assert few_star_notes(100, FEW_STARS) == []  # the paper's 100 stars and a 20-star validation: silent
+    only_validation = few_star_notes(100, 5)
+    assert len(only_validation) == 1 and "5 validation star(s)" in only_validation[0]
+    assert len(few_star_notes(FEW_STARS - 1, 50)) == 1
 
 
 def test_finetune_has_help(capsys):

@@ -401,6 +401,23 @@ def print_evaluation(metrics: dict, out=None) -> None:
               f"{values['sigma_mad']:>10.4f}{values['coverage_68']:>8.3f}", file=out)
 
 
+#: Below this many stars a set is named in a note: the paper's stage 3 trains on 100 stars, and an RMSE
+#: over fewer than ~20 validation stars moves by more than the differences it is asked to select on.
+FEW_STARS = 20
+
+
+def few_star_notes(n_train: int, n_validation: int) -> list[str]:
+    """One line per set smaller than :data:`FEW_STARS` (the command still runs: the user may know why)."""
+    notes = []
+    if n_train < FEW_STARS:
+        notes.append(f"[finetune] note: {n_train} training star(s); the paper fine-tunes on 100, and with fewer "
+                     f"than {FEW_STARS} expect a fine-tune that varies with --seed")
+    if n_validation < FEW_STARS:
+        notes.append(f"[finetune] note: model selection reads {n_validation} validation star(s); fewer than "
+                     f"{FEW_STARS} make the best step a matter of chance: give --validation with more stars")
+    return notes
+
+
 def run_finetune(args) -> int:
     """``spectrafm finetune``: plan (every check), train through Trainer, evaluate, card; one folder."""
     from ..output_guard import staged_folder
@@ -412,6 +429,8 @@ def run_finetune(args) -> int:
     print(f"[finetune] {len(plan.train)} training and {len(plan.validation)} validation stars, "
           f"{plan.settings['n_pixels']} pixels ({lo:.1f}–{hi:.1f} Å), labels {list(plan.labels)}, from {args.model}",
           flush=True)
+    for note in few_star_notes(len(plan.train), len(plan.validation)):
+        print(note, flush=True)
     with staged_folder(args.out, kind="checkpoint") as folder:
         result = run_stage_with_trainer(plan.spec, plan.train, plan.validation, folder, init=plan.base,
                                         rehearsal=plan.rehearsal, seed=args.seed)
