@@ -67,7 +67,7 @@ def _check_folder_name(raw: str | os.PathLike, resolved: Path, option: str) -> N
     name = resolved.name.lower()
     suffix = next((s for s in _FILE_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
     if suffix is not None and not resolved.exists():
-        stem = str(raw)[: -len(suffix)]
+        stem = str(Path(raw))[: -len(suffix)]  # Path(): "stars.csv/" → "stars.csv", so the cut is the suffix
         raise ValueError(f"{option} {str(raw)!r} names a {suffix} file, but this command writes a folder; "
                          f"give a folder name, e.g. {option} {stem}")
 

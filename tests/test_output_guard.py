@@ -183,8 +183,10 @@ def test_a_new_folder_named_like_a_file_is_refused_with_the_folder_name_to_use(u
     assert rc == 2
     assert "'sims/stars.csv' names a .csv file, but this command writes a folder" in (err := one_line_error(capsys))
     assert err.endswith("e.g. --out sims/stars")
-    with pytest.raises(ValueError, match="names a .fits.gz file"):
+    with pytest.raises(ValueError, match=r"names a .fits.gz file.*e\.g\. --out x/spectra$"):
         check_output_folder("x/spectra.FITS.gz")
+    with pytest.raises(ValueError, match=r"e\.g\. --out x/stars$"):  # a trailing slash does not shift the cut
+        check_output_folder("x/stars.csv/")
     assert tree_hash(user_folder) == before
     (user_folder / "old.json").mkdir()  # an existing folder so named is the user's choice: not refused here
     assert check_output_folder("old.json") == user_folder / "old.json"
